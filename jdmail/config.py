@@ -1,0 +1,240 @@
+"""INI file -> validated settings.
+
+Every key is declared, either in CORE_SCHEMA below or in the options of the
+component the INI chooses. All problems are collected and reported together,
+one line each: ``FILE: [section] key 'value': what is allowed``.
+"""
+
+import configparser
+import os
+import socket
+
+from jdmail.errors import ConfigError, ConfigErrors
+from jdmail.options import Option
+
+LISTENER_SECTIONS = {
+    # section: (default listeners, wrapped in TLS by jdmail, protocol)
+    "smtp": ("tcp:25", False, "smtp"),
+    "submission": ("tcp:587", False, "smtp"),
+    "smtps": ("tcp:465", True, "smtp"),
+    "pop3": ("tcp:110", False, "pop3"),
+    "pop3s": ("tcp:995", True, "pop3"),
+    "imap": ("tcp:143", False, "imap"),
+    "imaps": ("tcp:993", True, "imap"),
+}
+
+
+def default_datadir():
+    """/var/lib/jdmail for root, $XDG_DATA_HOME/jdmail (~/.local/share/jdmail) otherwise."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return "/var/lib/jdmail"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "jdmail")
+
+
+def _smtp_listener_schema(default_listen, require_auth):
+    return {
+        "listen": Option.list(default=[default_listen], help="Twisted endpoint strings; empty disables"),
+        "require_auth": Option.bool(default=require_auth, help="AUTH before MAIL FROM"),
+    }
+
+
+CORE_SCHEMA = {
+    "jdmail": {
+        "hostname": Option.str(default="", help="this server's name (default: the machine's FQDN)"),
+        "datadir": Option.str(default="", help="where mail, spool, keys and the SQLite directory live"),
+        "log_file": Option.str(default="", help="also write the log to this file"),
+        "plugin_dirs": Option.list(default=[], help="extra directories holding jdmail/plugins/ modules"),
+        "threads": Option.int(default=8, help="threads for blocking work (fsync, password hashing, SQL)"),
+    },
+    "tls": {
+        "cert": Option.str(default="", help="PEM certificate chain; empty = self-signed, generated on first start"),
+        "key": Option.str(default="", help="PEM private key (may be the same file as cert)"),
+    },
+    "auth": {
+        "allow_plaintext": Option.bool(default=False, help="allow passwords on connections without TLS"),
+        "fail_delay": Option.duration(default=2.0, help="wait before answering a failed login"),
+        "max_failures": Option.int(default=3, help="failed logins before the connection is closed"),
+    },
+    "smtp": {
+        **_smtp_listener_schema("tcp:25", False),
+        "banner": Option.str(default="", help="greeting text after 220 (default: '<hostname> jdmail ESMTP Service ready')"),
+        "max_message_size": Option.size(default=50 * 1024**2, help="SIZE limit"),
+        "max_recipients": Option.int(default=100, help="RCPTs per message"),
+        "max_connections": Option.int(default=200, help="SMTP connections at once, all listeners"),
+        "max_connections_per_ip": Option.int(default=20, help="SMTP connections at once from one client IP"),
+        "command_timeout": Option.duration(default=300.0, help="idle time allowed between commands"),
+        "data_timeout": Option.duration(default=600.0, help="idle time allowed while receiving DATA"),
+        "max_hops": Option.int(default=50, help="Received: headers allowed before a message is refused as a loop"),
+        "max_line_length": Option.int(default=10000, help="longest line (octets, without CRLF) accepted in DATA"),
+        "vrfy": Option.bool(default=False, help="answer VRFY"),
+        "expn": Option.bool(default=False, help="answer EXPN"),
+    },
+    "submission": _smtp_listener_schema("tcp:587", True),
+    "smtps": _smtp_listener_schema("tcp:465", True),
+    "pop3": {
+        "listen": Option.list(default=["tcp:110"], help="Twisted endpoint strings; empty disables"),
+        "banner": Option.str(default="jdmail POP3 Service ready", help="greeting text after +OK"),
+        "max_connections": Option.int(default=200, help="POP3 connections at once, all listeners"),
+        "max_connections_per_ip": Option.int(default=20, help="POP3 connections at once from one client IP"),
+        "timeout": Option.duration(default=600.0, help="idle time allowed (RFC 1939: at least 10m)"),
+    },
+    "pop3s": {"listen": Option.list(default=["tcp:995"], help="Twisted endpoint strings; empty disables")},
+    "imap": {"listen": Option.list(default=["tcp:143"], help="Twisted endpoint strings (IMAP is not served yet)")},
+    "imaps": {"listen": Option.list(default=["tcp:993"], help="Twisted endpoint strings (IMAP is not served yet)")},
+    "directory": {"type": Option.str(default="sqlite", help="the user directory: a directory plugin's kind")},
+    "store": {"type": Option.str(default="maildir", help="the message store: a store plugin's kind")},
+    "filters": {
+        "chain": Option.list(default=[], help="[filter:NAME] sections to run, in order"),
+        "timeout": Option.duration(default=30.0, help="per filter call; on expiry the filter's on_error applies"),
+        "on_error": Option.choice(("tempfail", "continue", "reject"), default="tempfail",
+                                  help="verdict when a filter fails or times out"),
+    },
+}
+
+# Sections whose keys beyond "type" belong to the chosen component.
+COMPONENT_SECTIONS = {"directory": "directory", "store": "store"}
+FILTER_COMMON = {
+    "type": Option.str(default="", help="the filter plugin's kind (default: the section's NAME)"),
+    "on_error": Option.choice(("tempfail", "continue", "reject"), default=None,
+                              help="overrides [filters] on_error for this filter"),
+}
+
+
+class Config:
+    """Validated settings: ``config[section][key]`` gives the parsed value."""
+
+    def __init__(self, path, sections, components):
+        self.path = path
+        self._sections = sections
+        self.components = components      # section name -> (factory, settings)
+
+    def __getitem__(self, section):
+        return self._sections[section]
+
+    def get(self, section, default=None):
+        return self._sections.get(section, default)
+
+    @property
+    def hostname(self):
+        return self._sections["jdmail"]["hostname"]
+
+    @property
+    def datadir(self):
+        return self._sections["jdmail"]["datadir"]
+
+
+def _parse_section(path, section, raw, schema, errors):
+    values = {}
+    for key, text in raw.items():
+        option = schema.get(key)
+        if option is None:
+            allowed = ", ".join(sorted(schema)) or "no keys"
+            errors.append(ConfigError(f"is not a known key (allowed here: {allowed})", path, section, key))
+            continue
+        try:
+            values[key] = option.parse(text)
+        except ValueError as e:
+            errors.append(ConfigError(str(e), path, section, key))
+    for key, option in schema.items():
+        if key not in values:
+            if option.required and key not in raw:
+                errors.append(ConfigError(f"is required ({option.help})", path, section, key))
+            values[key] = option.default
+    return values
+
+
+def read_ini(path):
+    """Read an INI file into {section: {key: text}}; raise ConfigError on syntax problems."""
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"),
+                                       strict=True, empty_lines_in_values=False)
+    parser.optionxform = str
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except FileNotFoundError:
+        raise ConfigError("cannot read the file: it does not exist", path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the file: {e}", path) from None
+    except configparser.DuplicateSectionError as e:
+        raise ConfigError(f"line {e.lineno}: section is given twice", path, e.section) from None
+    except configparser.DuplicateOptionError as e:
+        raise ConfigError(f"line {e.lineno}: key is given twice", path, e.section, e.option) from None
+    except configparser.MissingSectionHeaderError as e:
+        raise ConfigError(f"line {e.lineno}: a key before any [section] header", path) from None
+    except configparser.Error as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"not a valid INI file: {first}", path) from None
+    return {s: dict(parser.items(s)) for s in parser.sections()}
+
+
+def load(path=None, registry=None):
+    """Read and validate the INI at ``path`` (None: the embedded default).
+
+    Returns a Config; raises ConfigErrors listing every problem found.
+    """
+    from jdmail import registry as registry_module
+    registry = registry or registry_module
+    label = path or "<embedded default>"
+    raw = {}
+    if path is not None:
+        try:
+            raw = read_ini(path)
+        except ConfigError as e:
+            raise ConfigErrors([e]) from None
+
+    errors = []
+    sections = {}
+    for section, schema in CORE_SCHEMA.items():
+        body = dict(raw.get(section, {}))
+        if section in COMPONENT_SECTIONS:
+            body = {k: v for k, v in body.items() if k == "type"}
+        sections[section] = _parse_section(label, section, body, schema, errors)
+
+    core = sections["jdmail"]
+    core["hostname"] = core["hostname"] or socket.getfqdn()
+    core["datadir"] = os.path.abspath(os.path.expanduser(core["datadir"] or default_datadir()))
+    if not sections["smtp"]["banner"]:
+        sections["smtp"]["banner"] = f"{core['hostname']} jdmail ESMTP Service ready"
+    for name in ("max_message_size",):
+        if sections["smtp"][name] <= 0:
+            errors.append(ConfigError("must be more than 0", label, "smtp", name))
+
+    registry.add_plugin_dirs(core["plugin_dirs"])
+    components = {}
+    for section, kind_of in COMPONENT_SECTIONS.items():
+        chosen = sections[section]["type"]
+        factory = registry.find(kind_of, chosen)
+        if factory is None:
+            errors.append(ConfigError(registry.unknown_message(kind_of, chosen), label, section, "type"))
+            continue
+        body = {k: v for k, v in raw.get(section, {}).items() if k != "type"}
+        components[section] = (factory, _parse_section(label, section, body, factory.options, errors))
+
+    filter_sections = {s for s in raw if s.startswith("filter:")}
+    for name in sections["filters"]["chain"]:
+        section = f"filter:{name}"
+        if section not in raw:
+            errors.append(ConfigError(f"names {name!r} but there is no [{section}] section",
+                                      label, "filters", "chain"))
+    for section in sorted(filter_sections):
+        name = section.split(":", 1)[1]
+        body = raw[section]
+        kind = body.get("type", "").strip() or name
+        factory = registry.find("filter", kind)
+        if factory is None:
+            errors.append(ConfigError(registry.unknown_message("filter", kind), label, section,
+                                      "type" if "type" in body else None))
+            continue
+        schema = {**FILTER_COMMON, **factory.options}
+        components[section] = (factory, _parse_section(label, section, body, schema, errors))
+
+    known = set(CORE_SCHEMA) | filter_sections
+    for section in raw:
+        if section not in known:
+            allowed = ", ".join(sorted(CORE_SCHEMA)) + ", filter:NAME"
+            errors.append(ConfigError(f"is not a known section (allowed: {allowed})", label, section))
+
+    if errors:
+        raise ConfigErrors(errors)
+    return Config(label, sections, components)

@@ -1,0 +1,223 @@
+"""Every contract between jdmail's parts, and the value types they exchange.
+
+Protocols and delivery depend on these interfaces only; concrete classes are
+chosen by name from the INI through jdmail.registry.
+"""
+
+import enum
+from dataclasses import dataclass, field
+
+from twisted.plugin import IPlugin
+from zope.interface import Attribute, Interface
+
+from jdmail.options import Option
+
+__all__ = [
+    "Option", "Stage", "Action", "Verdict", "Account", "Resolution", "MessageInfo",
+    "IComponentFactory", "IDirectoryFactory", "IStoreFactory", "IFilterFactory",
+    "IUserDirectory", "IDirectoryAdmin", "IMessageStore", "IMailboxStore",
+    "IFilter", "IDeliveryAgent",
+]
+
+
+# --- value types ---------------------------------------------------------------------------
+
+class Stage(enum.Enum):
+    """The points of an SMTP session at which filters are asked for a verdict."""
+    CONNECT = "connect"
+    HELO = "helo"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+
+
+class Action(enum.IntEnum):
+    """What a verdict asks for; a larger value is stronger and wins."""
+    CONTINUE = 0
+    QUARANTINE = 1
+    ACCEPT = 2
+    DISCARD = 3
+    TEMPFAIL = 4
+    REJECT = 5
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A filter's answer for one stage.
+
+    ``text`` goes to the client (short, generic); ``reason`` only to the log.
+    """
+    action: Action = Action.CONTINUE
+    code: int = 250
+    enhanced: str = "2.0.0"
+    text: str = ""
+    reason: str = ""
+    headers: tuple = ()
+
+    @classmethod
+    def reject(cls, text, code=550, enhanced="5.7.1", reason=""):
+        return cls(Action.REJECT, code, enhanced, text, reason)
+
+    @classmethod
+    def tempfail(cls, text, code=451, enhanced="4.7.1", reason=""):
+        return cls(Action.TEMPFAIL, code, enhanced, text, reason)
+
+    @classmethod
+    def add_headers(cls, *headers, reason=""):
+        return cls(Action.CONTINUE, headers=tuple(headers), reason=reason)
+
+
+Verdict.CONTINUE = Verdict()
+
+
+@dataclass(frozen=True)
+class Account:
+    """A mailbox owner as the directory knows it.
+
+    ``name`` is the login and primary address (lower-case); ``mailbox`` is the
+    store's key for the user's mail (the store decides where that lives).
+    """
+    name: str
+    mailbox: str
+    quota_bytes: int = 0
+    enabled: bool = True
+
+
+class ResolutionKind(enum.Enum):
+    UNKNOWN = "unknown"       # a local domain, but nobody by that name
+    LOCAL = "local"           # delivered to ``mailboxes`` (and ``remote`` forwards)
+    REMOTE = "remote"         # the domain is not ours
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where mail for one address goes after aliases, domain aliases and catch-alls."""
+    kind: ResolutionKind
+    mailboxes: tuple = ()     # Account.mailbox keys, each once
+    remote: tuple = ()        # non-local addresses an alias points to
+    accounts: tuple = ()      # Account objects matching ``mailboxes``
+
+
+Resolution.Kind = ResolutionKind
+
+
+@dataclass
+class MessageInfo:
+    """One message as a mailbox listing shows it."""
+    key: str            # the store's stable identifier (also the POP3 UIDL)
+    size: int           # octets, with CRLF line ends, as a client receives it
+    flags: frozenset = field(default_factory=frozenset)
+
+
+# --- component factories (what plugins provide) -------------------------------------------
+
+class IComponentFactory(IPlugin):
+    """A factory that jdmail finds with twisted.plugin and builds from an INI section."""
+
+    kind = Attribute("The name the INI uses to choose this component (str)")
+    description = Attribute("One line saying what the component does")
+    options = Attribute("dict of INI key -> Option: every key the section may hold")
+
+    def build(name, settings, services):
+        """Return the component. ``settings`` maps every key in ``options`` to its
+        parsed value; ``services`` is the jdmail.service.Services bundle."""
+
+
+class IDirectoryFactory(IComponentFactory):
+    """Builds an IUserDirectory ([directory] type = kind)."""
+
+
+class IStoreFactory(IComponentFactory):
+    """Builds an IMessageStore ([store] type = kind)."""
+
+
+class IFilterFactory(IComponentFactory):
+    """Builds an IFilter ([filter:NAME] type = kind, listed in [filters] chain)."""
+
+
+# --- the components ------------------------------------------------------------------------
+
+class IUserDirectory(Interface):
+    """Who is here: domains, mailboxes, aliases and passwords.
+
+    Called by the SMTP server at RCPT/MAIL time, by the cred checker at login,
+    and by delivery. Every method returns a Deferred or is a coroutine; a
+    backend that cannot answer raises jdmail.errors.DirectoryUnavailable.
+    """
+
+    name = Attribute("The component's INI name")
+
+    def is_local_domain(domain):
+        """True when mail for ``domain`` (lower-case) is ours (a domain or a domain alias)."""
+
+    def resolve(address):
+        """Return the Resolution of an envelope address (any case)."""
+
+    def authenticate(username, password):
+        """Return the Account when ``password`` (str) is right for ``username``, else None."""
+
+    def account(username):
+        """Return the Account for a login name / primary address, or None."""
+
+    def owns(account, address):
+        """True when the Account may use ``address`` as its sender (its own, or an alias to it)."""
+
+
+class IDirectoryAdmin(Interface):
+    """Administrative changes, used by jdmailctl. Synchronous (jdmailctl is a plain CLI);
+    refusals raise jdmail.errors.DirectoryError with a one-line reason."""
+
+    def add_domain(domain): """Add a local domain."""
+    def remove_domain(domain): """Remove a domain with no users or aliases left."""
+    def list_domains(): """Return the domains, sorted."""
+    def add_user(address, password_hash, quota_bytes=0): """Add a mailbox user."""
+    def set_password(address, password_hash): """Change a user's password hash."""
+    def remove_user(address): """Remove a user (mail on disk is kept)."""
+    def list_users(domain=None): """Return [(address, quota_bytes, enabled)], sorted."""
+    def add_alias(source, targets): """source (a@d, *@d or @d) -> targets (addresses or @d)."""
+    def remove_alias(source, target=None): """Remove one target of an alias, or all of them."""
+    def list_aliases(domain=None): """Return [(source, target)], sorted."""
+
+
+class IMessageStore(Interface):
+    """Where mail lives. Deliveries are durable (fsynced) before they return."""
+
+    name = Attribute("The component's INI name")
+
+    def deliver(mailboxes, path):
+        """Deliver the complete, fsynced message file at ``path`` into the INBOX of
+        each mailbox key in ``mailboxes``. Returns a Deferred/coroutine firing when
+        every copy is on disk and its directory entry fsynced; raises on failure."""
+
+    def mailbox(mailbox, folder="INBOX"):
+        """Return an IMailboxStore for one folder of one mailbox key (created if missing)."""
+
+
+class IMailboxStore(Interface):
+    """One folder of one user, as POP3 (and later IMAP) sees it."""
+
+    def list():
+        """Return (Deferred/coroutine) the messages, oldest first, as MessageInfo."""
+
+    def open(key):
+        """Return a binary file object with the message's octets (CRLF line ends)."""
+
+    def remove(keys):
+        """Delete the messages with these keys, durably."""
+
+
+class IFilter(Interface):
+    """Inspects mail at the stages it declares and returns a Verdict for each."""
+
+    name = Attribute("The instance name from the INI ([filter:NAME])")
+    stages = Attribute("frozenset of Stage values this filter acts at")
+
+    def check(stage, txn):
+        """Return a Verdict (or a Deferred/coroutine of one) for ``txn`` at ``stage``."""
+
+
+class IDeliveryAgent(Interface):
+    """Takes an accepted message and its resolved recipients and delivers it."""
+
+    def deliver(envelope, path):
+        """Deliver the fsynced message at ``path``; return {recipient: None or error text}."""

@@ -1,0 +1,7 @@
+"""jdmail's built-in components, registered exactly as a third-party plugin would be."""
+
+from jdmail.directory.sqlite import SQLiteDirectoryFactory
+from jdmail.store.maildir import MaildirStoreFactory
+
+sqliteDirectory = SQLiteDirectoryFactory()
+maildirStore = MaildirStoreFactory()

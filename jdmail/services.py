@@ -1,0 +1,27 @@
+"""The bundle of shared things every component is built with."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Services:
+    """What ``IComponentFactory.build(name, settings, services)`` receives.
+
+    ``threadpool`` is jdmail's own pool for blocking work (fsync, password
+    hashing, SQL); run work on it with
+    ``twisted.internet.threads.deferToThreadPool(services.reactor, services.threadpool, f, *args)``.
+    ``directory`` and ``store`` are filled in once built, in that order.
+    """
+    reactor: object
+    config: object
+    hostname: str
+    datadir: str
+    threadpool: object
+    directory: object = None
+    store: object = None
+    extra: dict = field(default_factory=dict)
+
+    def run_blocking(self, f, *args, **kwargs):
+        """Run ``f`` on the thread pool; returns a Deferred of its result."""
+        from twisted.internet.threads import deferToThreadPool
+        return deferToThreadPool(self.reactor, self.threadpool, f, *args, **kwargs)
