@@ -168,7 +168,7 @@ def read_ini(path):
     return {s: dict(parser.items(s)) for s in parser.sections()}
 
 
-def load(path=None, registry=None):
+def load(path=None, registry=None, datadir=None):
     """Read and validate the INI at ``path`` (None: the embedded default).
 
     Returns a Config; raises ConfigErrors listing every problem found.
@@ -193,7 +193,7 @@ def load(path=None, registry=None):
 
     core = sections["jdmail"]
     core["hostname"] = core["hostname"] or socket.getfqdn()
-    core["datadir"] = os.path.abspath(os.path.expanduser(core["datadir"] or default_datadir()))
+    core["datadir"] = os.path.abspath(os.path.expanduser(datadir or core["datadir"] or default_datadir()))
     if not sections["smtp"]["banner"]:
         sections["smtp"]["banner"] = f"{core['hostname']} jdmail ESMTP Service ready"
     for name in ("max_message_size",):

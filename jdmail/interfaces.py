@@ -13,7 +13,7 @@ from zope.interface import Attribute, Interface
 from jdmail.options import Option
 
 __all__ = [
-    "Option", "Stage", "Action", "Verdict", "Account", "Resolution", "MessageInfo",
+    "Option", "Stage", "Action", "Verdict", "Account", "Resolution", "Envelope", "MessageInfo",
     "IComponentFactory", "IDirectoryFactory", "IStoreFactory", "IFilterFactory",
     "IUserDirectory", "IDirectoryAdmin", "IMessageStore", "IMailboxStore",
     "IFilter", "IDeliveryAgent",
@@ -99,6 +99,18 @@ class Resolution:
 
 
 Resolution.Kind = ResolutionKind
+
+
+@dataclass
+class Envelope:
+    """An accepted message's envelope: who sent it and where each recipient resolved."""
+    queue_id: str
+    sender: str                                     # '' for the null reverse-path
+    recipients: list = field(default_factory=list)  # [(address as given, Resolution)]
+    client_ip: str = ""
+    helo: str = ""
+    auth_user: str = ""
+    smtputf8: bool = False
 
 
 @dataclass

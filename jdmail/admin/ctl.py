@@ -1,0 +1,201 @@
+"""jdmailctl: manage the domains, users and aliases of jdmail's user directory.
+
+Exit status: 0 done, 1 the change was refused (one line on stderr), 2 usage or
+configuration problem.
+"""
+
+import argparse
+import getpass
+import os
+import sys
+
+PROG = "jdmailctl"
+
+
+class CtlError(Exception):
+    """A refusal to report as one line; ``status`` is the exit code."""
+
+    def __init__(self, message, status=1):
+        super().__init__(message)
+        self.status = status
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog=PROG, description="Manage jdmail's domains, users and aliases.")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="INI file (default: $JDMAIL_CONFIG, else the embedded default)")
+    groups = parser.add_subparsers(dest="group", metavar="{domain,user,alias}", required=True)
+
+    domain = groups.add_parser("domain", help="local domains").add_subparsers(dest="action", required=True)
+    p = domain.add_parser("add", help="add a local domain")
+    p.add_argument("domain")
+    domain.add_parser("list", help="list the local domains")
+    p = domain.add_parser("remove", help="remove a domain that has no users or aliases left")
+    p.add_argument("domain")
+
+    user = groups.add_parser("user", help="mailbox users").add_subparsers(dest="action", required=True)
+    p = user.add_parser("add", help="add a user")
+    p.add_argument("address")
+    p.add_argument("--password", help="the password (default: prompt, or one line from stdin)")
+    p.add_argument("--quota", default="0", help="mailbox size limit such as 500M or 2G (default: 0, no limit)")
+    p.add_argument("--scheme", default=None, help="password hash scheme: BLF-CRYPT (default) or ARGON2ID")
+    p = user.add_parser("passwd", help="change a user's password")
+    p.add_argument("address")
+    p.add_argument("--password", help="the new password (default: prompt, or one line from stdin)")
+    p.add_argument("--scheme", default=None, help="password hash scheme: BLF-CRYPT (default) or ARGON2ID")
+    p = user.add_parser("list", help="list users as: address quota_bytes enabled|disabled")
+    p.add_argument("domain", nargs="?")
+    p = user.add_parser("remove", help="remove a user (mail on disk is kept)")
+    p.add_argument("address")
+
+    alias = groups.add_parser("alias", help="aliases, catch-alls (*@dom) and domain aliases (@dom)") \
+        .add_subparsers(dest="action", required=True)
+    p = alias.add_parser("add", help="point SOURCE (a@dom, *@dom or @dom) to one or more targets")
+    p.add_argument("source")
+    p.add_argument("targets", nargs="+", metavar="TARGET")
+    p = alias.add_parser("list", help="list aliases as: source target")
+    p.add_argument("domain", nargs="?")
+    p = alias.add_parser("remove", help="remove one target of an alias, or the whole alias")
+    p.add_argument("source")
+    p.add_argument("target", nargs="?")
+    return parser
+
+
+def open_directory(path):
+    """Load the config and build its directory; CtlError(status=2) on any problem."""
+    from jdmail import config as config_module
+    from jdmail.errors import ConfigErrors, DirectoryError
+    from jdmail.interfaces import IDirectoryAdmin
+    from jdmail.registry import RegistryError
+    from jdmail.services import Services
+
+    try:
+        config = config_module.load(path)
+    except ConfigErrors as e:
+        raise CtlError("\n".join(str(err) for err in e.errors), status=2) from None
+    except RegistryError as e:
+        raise CtlError(str(e), status=2) from None
+    factory, settings = config.components["directory"]
+    services = Services(reactor=None, config=config, hostname=config.hostname,
+                        datadir=config.datadir, threadpool=None)
+    try:
+        directory = factory.build("directory", settings, services)
+    except DirectoryError as e:
+        raise CtlError(str(e), status=2) from None
+    if not IDirectoryAdmin.providedBy(directory):
+        raise CtlError(f"the {factory.kind!r} directory cannot be changed with {PROG}; "
+                       "manage its users with its own tools", status=2)
+    return directory
+
+
+def read_password(given, stdin=None):
+    """The password from --password, a tty prompt (asked twice) or one line of stdin."""
+    stdin = stdin or sys.stdin
+    if given is not None:
+        password = given
+    elif stdin.isatty():
+        try:
+            password = getpass.getpass("Password: ")
+            again = getpass.getpass("Password (again): ")
+        except (EOFError, KeyboardInterrupt):
+            raise CtlError("no password given") from None
+        if password != again:
+            raise CtlError("the two passwords differ")
+    else:
+        line = stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        if password.endswith("\r"):
+            password = password[:-1]
+    if not password:
+        raise CtlError("the password is empty")
+    return password
+
+
+def _hash(args):
+    from jdmail.passwords import DEFAULT_SCHEME, HASH_SCHEMES, hash_password
+    scheme = (args.scheme or DEFAULT_SCHEME).upper()
+    if scheme not in HASH_SCHEMES:
+        raise CtlError(f"{args.scheme!r} is not a scheme jdmailctl can hash with "
+                       f"(use one of {', '.join(HASH_SCHEMES)})")
+    return hash_password(read_password(args.password), scheme)
+
+
+def run(args, out):
+    """Carry out one parsed command, writing its output lines to ``out``."""
+    from jdmail.options import parse_size
+
+    path = args.config if args.config is not None else (os.environ.get("JDMAIL_CONFIG") or None)
+    directory = open_directory(path)
+    group, action = args.group, args.action
+
+    if group == "domain":
+        if action == "add":
+            out.write(f"added domain {directory.add_domain(args.domain)}\n")
+        elif action == "remove":
+            out.write(f"removed domain {directory.remove_domain(args.domain)}\n")
+        else:
+            for name in directory.list_domains():
+                out.write(f"{name}\n")
+    elif group == "user":
+        if action == "add":
+            try:
+                quota = parse_size(args.quota)
+            except ValueError as e:
+                raise CtlError(f"--quota {e}") from None
+            # refuse a bad address before asking for a password
+            from jdmail.address import AddressError, check_mailbox
+            try:
+                check_mailbox(args.address.strip())
+            except AddressError as e:
+                raise CtlError(f"{args.address.strip()!r} is not a valid address: {e}") from None
+            name = directory.add_user(args.address, _hash(args), quota)
+            out.write(f"added user {name}\n")
+        elif action == "passwd":
+            from jdmail.address import domain_of, normalize
+            name = normalize(args.address)
+            if not any(a == name for a, _, _ in directory.list_users(domain_of(name))):
+                raise CtlError(f"{name} is not a user")
+            out.write(f"changed the password of {directory.set_password(args.address, _hash(args))}\n")
+        elif action == "remove":
+            out.write(f"removed user {directory.remove_user(args.address)} (its mail is kept)\n")
+        else:
+            for address, quota, enabled in directory.list_users(args.domain):
+                out.write(f"{address} {quota} {'enabled' if enabled else 'disabled'}\n")
+    else:
+        if action == "add":
+            source, targets = directory.add_alias(args.source, args.targets)
+            out.write(f"added alias {source} -> {', '.join(targets)}\n")
+        elif action == "remove":
+            directory.remove_alias(args.source, args.target)
+            what = f"{args.source.strip()} -> {args.target.strip()}" if args.target else args.source.strip()
+            out.write(f"removed alias {what}\n")
+        else:
+            for source, target in directory.list_aliases(args.domain):
+                out.write(f"{source} {target}\n")
+    return 0
+
+
+def main(argv=None):
+    """Entry point of the jdmailctl console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from jdmail.errors import DirectoryError, DirectoryUnavailable
+    from jdmail.address import AddressError
+    try:
+        return run(args, sys.stdout)
+    except CtlError as e:
+        for line in str(e).splitlines() or [""]:
+            print(f"{PROG}: {line}", file=sys.stderr)
+        return e.status
+    except (DirectoryError, DirectoryUnavailable, AddressError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 1
+    except Exception as e:              # never a traceback for the admin
+        print(f"{PROG}: unexpected error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Filters: the chain runner here, built-in filters as plugins."""

@@ -1,0 +1,795 @@
+"""The ESMTP server: MX (25), submission (587) and SMTPS (465).
+
+Built on ``twisted.mail.smtp.ESMTP`` (its host/portal/TLS attributes and timeout
+handling), with the command engine replaced, because Twisted's:
+
+- runs pipelined commands while an earlier one's Deferred is pending (RCPT before
+  MAIL's answer -> 503), so we serialise: one command at a time, in order;
+- splits DATA on any line end and hands each line to per-recipient objects; we stream
+  DATA to one spool file, end it only at CRLF.CRLF and refuse bare CR/LF (SMTP
+  smuggling, RFC 5321 2.3.8);
+- keeps plaintext pipelined after STARTTLS; we drop it (STARTTLS injection);
+- drops the connection on a non-UTF-8 command and sends exception text; we answer
+  with an RFC reply code and log the details.
+"""
+
+import base64
+import binascii
+import re
+import time
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ITLSTransport
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.mail.smtp import rfc822date
+
+from jdmail.address import AddressError, normalize, parse_path
+from jdmail.auth import IAccountAvatar
+from jdmail.errors import DirectoryUnavailable, SMTPReplyError
+from jdmail.interfaces import Action, Envelope, Resolution, Stage
+from jdmail.smtp.spool import SpoolFile, new_queue_id
+
+MAX_COMMAND_LINE = 12288 + 64     # RFC 4954 4: AUTH initial responses may be this long
+MAX_PENDING_INPUT = 256 * 1024    # stop reading while this much waits behind a busy command
+MAX_HEADER_COPY = 256 * 1024      # header bytes kept for filters
+MAX_BAD_COMMANDS = 20             # Postfix's smtpd_hard_error_limit
+
+_COMMAND, _DATA, _AUTH = "command", "data", "auth"
+
+
+class Transaction:
+    """One MAIL..DATA exchange, as filters and delivery see it."""
+
+    def __init__(self, session, sender, smtputf8, body_type, declared_size):
+        self.session = session
+        self.sender = sender
+        self.smtputf8 = smtputf8
+        self.body_type = body_type
+        self.declared_size = declared_size
+        self.recipients = []           # [(address, Resolution)]
+        self.rcpt_log = []             # [(address, code)] including refused ones
+        self.headers_raw = b""
+        self.spool = None
+        self.queue_id = None
+
+    @property
+    def client_ip(self):
+        return self.session.client_ip
+
+    @property
+    def helo(self):
+        return self.session.helo
+
+    @property
+    def auth_user(self):
+        return self.session.account.name if self.session.account else ""
+
+    @property
+    def headers(self):
+        """The message header as an email.message.Message (after DATA)."""
+        import email.parser
+        import email.policy
+        return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(self.headers_raw)
+
+
+class ESMTPServer(smtp.ESMTP):
+    """One SMTP connection. See the module docstring for what differs from Twisted's."""
+
+    log = Logger()
+
+    def __init__(self, factory, listener):
+        super().__init__(chal={}, contextFactory=factory.tls_context)
+        self.factory = factory
+        self.settings = factory.settings
+        self.listener = listener
+        self.host = factory.hostname.encode("idna") if factory.hostname.isascii() else b"localhost"
+        self.portal = factory.portal
+        self.secure = listener.implicit_tls
+        self.mode = _COMMAND
+        self._buffer = b""
+        self._busy = False
+        self._skip_to_eol = False
+        self._paused = False
+        self.helo = None
+        self.esmtp = False
+        self.account = None
+        self.txn = None
+        self.client_ip = "?"
+        self._counted = False
+        self._bad_commands = 0
+        self._auth_failures = 0
+        self._sasl = None
+
+    # --- connection ---------------------------------------------------------------------
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.client_ip = getattr(peer, "host", str(peer))
+        if hasattr(self.transport, "setTcpNoDelay"):
+            try:
+                self.transport.setTcpNoDelay(True)
+            except Exception:
+                pass
+        refusal = self.factory.open_connection(self.client_ip)
+        if refusal:
+            self.log.info("smtp refused client={client} reason={reason}", client=self.client_ip, reason=refusal)
+            self.reply(421, "4.7.0", f"{self.factory.hostname} Too many connections; try again later")
+            self.transport.loseConnection()
+            return
+        self._counted = True
+        self.canStartTLS = (ITLSTransport.providedBy(self.transport) and self.ctx is not None
+                            and not self.secure)
+        self.setTimeout(self.settings["command_timeout"])
+        self.reply(220, None, self.settings["banner"])
+
+    def connectionLost(self, reason):
+        self.setTimeout(None)
+        if self.txn is not None and self.txn.spool is not None and self.mode == _DATA:
+            self.txn.spool.discard()
+            self._log_transaction("aborted: connection lost")
+        if self._counted:
+            self._counted = False
+            self.factory.close_connection(self.client_ip)
+
+    def timeoutConnection(self):
+        self.reply(421, "4.4.2", f"{self.factory.hostname} Error: timeout exceeded")
+        if self.txn is not None and self.txn.spool is not None and self.mode == _DATA:
+            self.txn.spool.discard()
+            self._log_transaction("aborted: timeout")
+            self.txn = None
+        self.transport.loseConnection()
+
+    def reply(self, code, enhanced, text):
+        """Send one reply (several lines when ``text`` is a list), in one write."""
+        lines = text if isinstance(text, list) else [text]
+        out = []
+        for i, line in enumerate(lines):
+            sep = " " if i == len(lines) - 1 else "-"
+            body = f"{enhanced} {line}" if enhanced else line
+            out.append(f"{code}{sep}{body}\r\n")
+        self.transport.write("".join(out).encode("utf-8"))
+
+    def reply_error(self, err):
+        self.reply(err.code, err.enhanced, err.text)
+
+    # --- input framing ------------------------------------------------------------------
+
+    def dataReceived(self, data):
+        self._buffer += data
+        self.resetTimeout()
+        self._process()
+
+    def _process(self):
+        while not self._busy and self._buffer and not self.transport.disconnecting:
+            if self.mode == _DATA:
+                if not self._consume_data():
+                    break
+                continue
+            line, ok = self._next_line()
+            if not ok:
+                break
+            if self.mode == _AUTH:
+                self._run(self._sasl_step(line))
+            else:
+                self._run(self._command(line))
+        if self._busy and len(self._buffer) > MAX_PENDING_INPUT and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def _next_line(self):
+        """Take one command line from the buffer (CRLF, or a bare LF, ends it)."""
+        idx = self._buffer.find(b"\n")
+        if idx < 0:
+            if len(self._buffer) > MAX_COMMAND_LINE:
+                self._buffer = b""
+                if not self._skip_to_eol:
+                    self._skip_to_eol = True
+                    self.reply(500, "5.5.2", "Error: line too long")
+                    self._count_bad()
+            return None, False
+        line, self._buffer = self._buffer[:idx], self._buffer[idx + 1:]
+        if self._skip_to_eol:
+            self._skip_to_eol = False
+            return None, True
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) > MAX_COMMAND_LINE:
+            self.reply(500, "5.5.2", "Error: line too long")
+            self._count_bad()
+            return None, True
+        return line, True
+
+    def _run(self, coro):
+        """Run one command's coroutine; input waits until it has answered."""
+        self._busy = True
+        d = Deferred.fromCoroutine(coro)
+        if self._busy and not d.called:
+            d.addBoth(self._done)
+        else:
+            d.addBoth(self._done_now)
+
+    def _done_now(self, result):
+        self._busy = False
+        if hasattr(result, "check"):   # a Failure no handler caught
+            self._internal_error(result)
+        return None
+
+    def _done(self, result):
+        self._done_now(result)
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+        self._process()
+
+    def _internal_error(self, failure):
+        self.log.failure("smtp internal error client={client}", failure, client=self.client_ip)
+        if self.mode == _DATA:
+            self.mode = _COMMAND
+        if self.txn is not None and self.txn.spool is not None:
+            self.txn.spool.discard()
+        self.txn = None
+        self.reply(451, "4.3.0", "Error: internal server error; try again later")
+
+    def _count_bad(self):
+        self._bad_commands += 1
+        if self._bad_commands >= MAX_BAD_COMMANDS:
+            self.reply(421, "4.7.0", f"{self.factory.hostname} Error: too many errors")
+            self.transport.loseConnection()
+
+    # --- commands -----------------------------------------------------------------------
+
+    async def _command(self, raw):
+        if raw is None:
+            return
+        if b"\x00" in raw:
+            self.reply(500, "5.5.2", "Error: NUL character in command")
+            return self._count_bad()
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.reply(500, "5.5.2", "Error: command is not valid UTF-8")
+            return self._count_bad()
+        verb, _, arg = line.strip().partition(" ")
+        handler = getattr(self, "smtp_" + verb.upper(), None) if verb.isascii() and verb.isalpha() else None
+        if handler is None:
+            self.reply(500 if verb else 500, "5.5.1" if verb else "5.5.2",
+                       "Error: command not recognized" if verb else "Error: bad syntax")
+            return self._count_bad()
+        try:
+            await handler(arg.strip())
+        except SMTPReplyError as e:
+            self.reply_error(e)
+            if e.code >= 500:
+                self._count_bad()
+        except DirectoryUnavailable:
+            self.log.failure("smtp directory unavailable client={client}", client=self.client_ip)
+            self.reply(451, "4.3.0", "Temporary lookup failure; try again later")
+
+    async def smtp_HELO(self, arg):
+        await self._hello(arg, esmtp=False)
+
+    async def smtp_EHLO(self, arg):
+        await self._hello(arg, esmtp=True)
+
+    async def _hello(self, arg, esmtp):
+        verb = "EHLO" if esmtp else "HELO"
+        if not arg:
+            raise SMTPReplyError(501, "5.5.4", f"Syntax: {verb} hostname")
+        arg = arg.split()[0]
+        self._reset_transaction()
+        self.helo, self.esmtp = arg, esmtp
+        greeting = f"{self.factory.hostname} Hello {arg} [{self.client_ip}]"
+        if not esmtp:
+            return self.reply(250, None, greeting)
+        lines = [greeting, "PIPELINING", f"SIZE {self.settings['max_message_size']}", "8BITMIME",
+                 "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+        if self.canStartTLS and not self.secure:
+            lines.append("STARTTLS")
+        if self._auth_allowed():
+            lines.append("AUTH PLAIN LOGIN")
+        if self.settings["vrfy"]:
+            lines.append("VRFY")
+        if self.settings["expn"]:
+            lines.append("EXPN")
+        self.reply(250, None, lines)
+
+    def _auth_allowed(self):
+        return self.account is None and (self.secure or self.factory.auth["allow_plaintext"])
+
+    async def smtp_STARTTLS(self, arg):
+        if arg:
+            raise SMTPReplyError(501, "5.5.4", "Syntax: STARTTLS")
+        if self.secure:
+            raise SMTPReplyError(503, "5.5.1", "Error: TLS already active")
+        if not self.canStartTLS:
+            raise SMTPReplyError(454, "4.7.0", "TLS not available")
+        self.reply(220, "2.0.0", "Ready to start TLS")
+        # Anything pipelined after STARTTLS was sent in plaintext: never run it inside TLS.
+        self._buffer = b""
+        self.transport.startTLS(self.ctx)
+        self.secure = self.startedTLS = True
+        self.helo, self.esmtp, self.account = None, False, None
+        self._reset_transaction()
+
+    async def smtp_NOOP(self, arg):
+        self.reply(250, "2.0.0", "Ok")
+
+    async def smtp_RSET(self, arg):
+        if arg:
+            raise SMTPReplyError(501, "5.5.4", "Syntax: RSET")
+        self._reset_transaction()
+        self.reply(250, "2.0.0", "Ok")
+
+    async def smtp_QUIT(self, arg):
+        self.reply(221, "2.0.0", "Bye")
+        self._buffer = b""
+        self.transport.loseConnection()
+
+    async def smtp_HELP(self, arg):
+        self.reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT STARTTLS AUTH; see RFC 5321")
+
+    async def smtp_VRFY(self, arg):
+        if not self.settings["vrfy"]:
+            raise SMTPReplyError(502, "5.5.1", "VRFY command is disabled")
+        address = self._parse_rcpt_path(arg)
+        resolution = await self.factory.directory.resolve(address)
+        if resolution.kind != Resolution.Kind.LOCAL:
+            raise SMTPReplyError(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
+        self.reply(250, "2.1.5", f"<{address}>")
+
+    async def smtp_EXPN(self, arg):
+        if not self.settings["expn"]:
+            raise SMTPReplyError(502, "5.5.1", "EXPN command is disabled")
+        address = self._parse_rcpt_path(arg)
+        resolution = await self.factory.directory.resolve(address)
+        if resolution.kind != Resolution.Kind.LOCAL:
+            raise SMTPReplyError(550, "5.1.1", f"<{address}>: no such user or list")
+        members = [a.name for a in resolution.accounts] + list(resolution.remote)
+        self.reply(250, "2.1.5", [f"<{m}>" for m in members])
+
+    # --- AUTH (RFC 4954) ----------------------------------------------------------------
+
+    async def smtp_AUTH(self, arg):
+        if not self.helo or not self.esmtp:
+            raise SMTPReplyError(503, "5.5.1", "Error: send EHLO first")
+        if self.account is not None:
+            raise SMTPReplyError(503, "5.5.1", "Error: already authenticated")
+        if self.txn is not None:
+            raise SMTPReplyError(503, "5.5.1", "Error: AUTH not permitted during a mail transaction")
+        mech, _, initial = arg.partition(" ")
+        mech, initial = mech.upper(), initial.strip()
+        if mech not in ("PLAIN", "LOGIN"):
+            raise SMTPReplyError(504, "5.5.4", "Unrecognized authentication type")
+        if not (self.secure or self.factory.auth["allow_plaintext"]):
+            raise SMTPReplyError(538, "5.7.11", "Encryption required for requested authentication mechanism")
+        self._sasl = {"mech": mech, "step": 0, "user": None}
+        if initial:
+            await self._sasl_response(initial.encode("ascii", "replace"))
+        else:
+            self.mode = _AUTH
+            self.reply(334, None, "" if mech == "PLAIN" else "VXNlcm5hbWU6")
+
+    async def _sasl_step(self, raw):
+        self.mode = _COMMAND
+        if raw is None:
+            self._sasl = None
+            return
+        await self._sasl_response(raw.strip())
+
+    async def _sasl_response(self, raw):
+        sasl = self._sasl
+        if raw == b"*":
+            self._sasl = None
+            raise SMTPReplyError(501, "5.0.0", "Authentication aborted")
+        try:
+            decoded = base64.b64decode(b"" if raw == b"=" else raw, validate=True)
+        except (binascii.Error, ValueError):
+            self._sasl = None
+            raise SMTPReplyError(501, "5.5.2", "Cannot decode AUTH response (bad base64)") from None
+        if sasl["mech"] == "LOGIN":
+            if sasl["step"] == 0:
+                sasl["user"], sasl["step"] = decoded, 1
+                self.mode = _AUTH
+                return self.reply(334, None, "UGFzc3dvcmQ6")
+            authzid, authcid, password = b"", sasl["user"], decoded
+        else:
+            parts = decoded.split(b"\x00")
+            if len(parts) != 3:
+                self._sasl = None
+                raise SMTPReplyError(501, "5.5.2", "Invalid PLAIN response: expected authzid NUL user NUL password")
+            authzid, authcid, password = parts
+        self._sasl = None
+        await self._login(authzid, authcid, password)
+
+    async def _login(self, authzid, authcid, password):
+        try:
+            user = authcid.decode("utf-8")
+            pw = password.decode("utf-8")
+            authz = authzid.decode("utf-8")
+        except UnicodeDecodeError:
+            user, pw, authz = "?", "", "?"
+        result, account = "failed", None
+        try:
+            if authz and normalize(authz) != normalize(user):
+                raise UnauthorizedLogin("authorization identity differs from the user")
+            _iface, account, _logout = await self.portal.login(UsernamePassword(user, pw), None, IAccountAvatar)
+            result = "ok"
+        except UnauthorizedLogin as e:
+            result = f"failed: {e}"
+        except DirectoryUnavailable:
+            self.log.failure("smtp auth: directory unavailable")
+            result = "tempfail: directory unavailable"
+        self.log.info("smtp login user={user} client={client} listener={listener} result={result}",
+                      user=user, client=self.client_ip, listener=self.listener.name, result=result)
+        if account is not None:
+            self.account = account
+            return self.reply(235, "2.7.0", "Authentication successful")
+        if result.startswith("tempfail"):
+            raise SMTPReplyError(454, "4.7.0", "Temporary authentication failure; try again later")
+        self._auth_failures += 1
+        await self.factory.sleep(self.factory.auth["fail_delay"])
+        if self._auth_failures >= self.factory.auth["max_failures"]:
+            self.reply(535, "5.7.8", "Authentication credentials invalid")
+            self.reply(421, "4.7.0", f"{self.factory.hostname} Error: too many failed authentication attempts")
+            self.transport.loseConnection()
+            return
+        raise SMTPReplyError(535, "5.7.8", "Authentication credentials invalid")
+
+    # --- the mail transaction -----------------------------------------------------------
+
+    def _reset_transaction(self):
+        if self.txn is not None and self.txn.spool is not None:
+            self.txn.spool.discard()
+        self.txn = None
+
+    async def smtp_MAIL(self, arg):
+        if not self.helo:
+            raise SMTPReplyError(503, "5.5.1", "Error: send HELO/EHLO first")
+        if self.listener.require_auth and self.account is None:
+            raise SMTPReplyError(530, "5.7.0", "Authentication required")
+        if self.txn is not None:
+            raise SMTPReplyError(503, "5.5.1", "Error: nested MAIL command")
+        path, params = self._split_path(arg, "FROM")
+        smtputf8, body, size = False, "7BIT", None
+        for name, value in params:
+            if name == "SIZE" and value is not None and value.isdigit():
+                size = int(value)
+            elif name == "BODY" and value is not None and value.upper() in ("7BIT", "8BITMIME"):
+                body = value.upper()
+            elif name == "SMTPUTF8" and value is None:
+                smtputf8 = True
+            elif name == "AUTH" and value is not None:
+                pass  # RFC 4954 5: accepted; we do not relay the identity further
+            else:
+                raise SMTPReplyError(555, "5.5.4", f"Unsupported MAIL FROM parameter {name}")
+        if size is not None and size > self.settings["max_message_size"]:
+            raise SMTPReplyError(552, "5.3.4", "Message size exceeds fixed maximum message size")
+        if not path.isascii() and not smtputf8:
+            raise SMTPReplyError(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
+        try:
+            sender = parse_path(path, utf8=smtputf8, allow_null=True)
+        except AddressError as e:
+            raise SMTPReplyError(553, "5.1.7", f"Bad sender address syntax: {e}") from None
+        if self.account is not None and sender and not await self.factory.directory.owns(self.account, sender):
+            raise SMTPReplyError(553, "5.7.1", f"<{sender}>: Sender address rejected: "
+                                               "not owned by authenticated user")
+        self.txn = Transaction(self, sender, smtputf8, body, size)
+        verdict = await self._filters(Stage.MAIL)
+        if verdict is not None:
+            self.txn = None
+            return self.reply(verdict.code, verdict.enhanced, verdict.text)
+        self.reply(250, "2.1.0", "Sender ok")
+
+    async def smtp_RCPT(self, arg):
+        txn = self.txn
+        if txn is None:
+            raise SMTPReplyError(503, "5.5.1", "Error: need MAIL command first")
+        path, params = self._split_path(arg, "TO")
+        if params:
+            raise SMTPReplyError(555, "5.5.4", f"Unsupported RCPT TO parameter {params[0][0]}")
+        if len(txn.recipients) >= self.settings["max_recipients"]:
+            txn.rcpt_log.append((path, 452))
+            raise SMTPReplyError(452, "4.5.3", "Error: too many recipients")
+        if not path.isascii() and not txn.smtputf8:
+            raise SMTPReplyError(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
+        address = self._parse_rcpt_path(path, utf8=txn.smtputf8)
+        code, enhanced, text = await self._check_recipient(address)
+        txn.rcpt_log.append((address, code))
+        if code != 250:
+            raise SMTPReplyError(code, enhanced, text)
+        self.reply(250, "2.1.5", "Recipient ok")
+
+    async def _check_recipient(self, address):
+        txn = self.txn
+        resolution = await self.factory.directory.resolve(address)
+        if resolution.kind == Resolution.Kind.REMOTE:
+            if self.account is None:
+                return 554, "5.7.1", f"<{address}>: Relay access denied"
+            return 451, "4.3.0", f"<{address}>: Relaying to remote domains is not available yet; try again later"
+        if resolution.kind == Resolution.Kind.UNKNOWN:
+            return 550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown"
+        if resolution.remote:
+            return 451, "4.3.0", f"<{address}>: Forwarding to remote addresses is not available yet; try again later"
+        txn.recipients.append((address, resolution))
+        verdict = await self._filters(Stage.RCPT)
+        if verdict is not None:
+            txn.recipients.pop()
+            return verdict.code, verdict.enhanced, verdict.text
+        return 250, "2.1.5", "Recipient ok"
+
+    def _parse_rcpt_path(self, path, utf8=False):
+        if path.strip("<>").lower() == "postmaster":
+            return f"postmaster@{self.factory.hostname}"
+        try:
+            return parse_path(path, utf8=utf8)
+        except AddressError as e:
+            raise SMTPReplyError(501, "5.1.3", f"Bad recipient address syntax: {e}") from None
+
+    _PATH_START = {"FROM": re.compile(r"FROM:\s*", re.I), "TO": re.compile(r"TO:\s*", re.I)}
+
+    def _split_path(self, arg, keyword):
+        """'FROM:<a@b> SIZE=10' -> ('<a@b>', [('SIZE', '10')])."""
+        m = self._PATH_START[keyword].match(arg)
+        if not m:
+            raise SMTPReplyError(501, "5.5.4", f"Syntax: {'MAIL FROM' if keyword == 'FROM' else 'RCPT TO'}:<address>")
+        rest = arg[m.end():]
+        if rest.startswith("<"):
+            end, quoted, i = -1, False, 1
+            while i < len(rest):
+                c = rest[i]
+                if c == "\\" and quoted:
+                    i += 2
+                    continue
+                if c == '"':
+                    quoted = not quoted
+                elif c == ">" and not quoted:
+                    end = i
+                    break
+                i += 1
+            if end < 0:
+                raise SMTPReplyError(501, "5.5.4", "Syntax error: missing '>' in address")
+            path, tail = rest[:end + 1], rest[end + 1:]
+        else:
+            path, _, tail = rest.partition(" ")
+        if tail and not tail.startswith(" "):
+            raise SMTPReplyError(501, "5.5.4", "Syntax error after address")
+        params = []
+        for word in tail.split():
+            name, eq, value = word.partition("=")
+            if not name.replace("-", "").isalnum():
+                raise SMTPReplyError(501, "5.5.4", f"Syntax error in parameter {word!r}")
+            params.append((name.upper(), value if eq else None))
+        return path, params
+
+    async def smtp_DATA(self, arg):
+        txn = self.txn
+        if arg:
+            raise SMTPReplyError(501, "5.5.4", "Syntax: DATA")
+        if txn is None:
+            raise SMTPReplyError(503, "5.5.1", "Error: need MAIL command first")
+        if not txn.recipients:
+            raise SMTPReplyError(554, "5.5.1", "Error: no valid recipients")
+        txn.queue_id = new_queue_id()
+        txn.spool = SpoolFile(self.factory.spool_dir, txn.queue_id)
+        txn.spool.write(self._trace_headers(txn))
+        self._data = {"size": 0, "in_header": True, "header_len": 0, "hops": 0,
+                      "too_big": False, "bare": False, "long": False, "skip_line": False, "started": time.monotonic()}
+        self.mode = _DATA
+        self.setTimeout(self.settings["data_timeout"])
+        self.reply(354, None, "End data with <CR><LF>.<CR><LF>")
+
+    def _trace_headers(self, txn):
+        """Return-Path, Delivered-To (one recipient only) and Received (RFC 5321 4.4)."""
+        proto = "UTF8SMTP" if txn.smtputf8 else ("ESMTP" if self.esmtp else "SMTP")
+        if self.esmtp or txn.smtputf8:
+            proto += ("S" if self.secure else "") + ("A" if self.account else "")
+        tls = self._tls_description()
+        lines = [f"Return-Path: <{txn.sender}>"]
+        single = len(txn.recipients) == 1
+        if single:
+            lines.append(f"Delivered-To: {txn.recipients[0][0]}")
+        received = f"Received: from {self.helo} ([{self.client_ip}])\r\n\tby {self.factory.hostname} (jdmail)"
+        if tls:
+            received += f"\r\n\t({tls})"
+        if self.account:
+            received += f"\r\n\t(Authenticated sender: {self.account.name})"
+        received += f"\r\n\twith {proto} id {txn.queue_id}"
+        if single:
+            received += f"\r\n\tfor <{txn.recipients[0][0]}>"
+        received += f"; {rfc822date().decode('ascii')}"
+        lines.append(received)
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+    def _tls_description(self):
+        if not self.secure:
+            return ""
+        conn = None
+        for candidate in (self.transport, getattr(self.transport, "protocol", None)):
+            handle = getattr(candidate, "getHandle", lambda: None)()
+            if hasattr(handle, "get_cipher_name"):
+                conn = handle
+                break
+            tls = getattr(candidate, "_tlsConnection", None)
+            if tls is not None:
+                conn = tls
+                break
+        if conn is None:
+            return "using TLS"
+        try:
+            return f"using {conn.get_protocol_version_name()} with cipher {conn.get_cipher_name()}"
+        except Exception:
+            return "using TLS"
+
+    # --- DATA ---------------------------------------------------------------------------
+
+    def _consume_data(self):
+        """Take what DATA has in the buffer; True when the end marker was found."""
+        if self._data["skip_line"]:
+            # The rest of an overlong line: drop it through its CRLF, so the end
+            # marker is only ever looked for at a real line start.
+            idx = self._buffer.find(b"\r\n")
+            if idx < 0:
+                self._buffer = self._buffer[-1:]
+                return False
+            self._buffer = self._buffer[idx + 2:]
+            self._data["skip_line"] = False
+        buf = self._buffer
+        end = (b"\r\n" + buf).find(b"\r\n.\r\n")
+        if end >= 0:
+            chunk, self._buffer = buf[:end], buf[end + 3:]
+            self._data_chunk(chunk)
+            self.mode = _COMMAND
+            self.setTimeout(self.settings["command_timeout"])
+            self._run(self._end_of_data())
+            return True
+        last = buf.rfind(b"\r\n")
+        if last < 0:
+            if len(buf) > self.settings["max_line_length"] + 2:
+                self._data["long"] = True
+                self._data["skip_line"] = True
+                self._buffer = buf[-1:]
+            return False
+        chunk, self._buffer = buf[:last + 2], buf[last + 2:]
+        self._data_chunk(chunk)
+        return False
+
+    _long_line_res = {}
+
+    def _data_chunk(self, chunk):
+        """Handle complete lines of DATA (``chunk`` starts at a line start)."""
+        state = self._data
+        if not chunk:
+            return
+        if chunk.count(b"\n") != chunk.count(b"\r\n") or chunk.count(b"\r") != chunk.count(b"\r\n"):
+            state["bare"] = True
+        limit = self.settings["max_line_length"]
+        regex = self._long_line_res.get(limit)
+        if regex is None:
+            regex = self._long_line_res[limit] = re.compile(rb"[^\n]{%d}" % (limit + 2))
+        if regex.search(chunk):
+            state["long"] = True
+        if chunk[:1] == b".":
+            chunk = chunk[1:]
+        chunk = chunk.replace(b"\r\n.", b"\r\n")
+        if state["in_header"]:
+            self._header_lines(chunk)
+        state["size"] += len(chunk)
+        if state["size"] > self.settings["max_message_size"]:
+            state["too_big"] = True
+        if not (state["too_big"] or state["bare"] or state["long"]):
+            self.txn.spool.write(chunk)
+
+    def _header_lines(self, chunk):
+        state = self._data
+        end = chunk.find(b"\r\n\r\n")
+        if chunk.startswith(b"\r\n") and state["header_len"] == 0:
+            end = -2
+        head = chunk if end < 0 else chunk[:end + 2]
+        if end >= 0:
+            state["in_header"] = False
+        state["hops"] += len(re.findall(rb"(?im)^received:", head))
+        if state["header_len"] < MAX_HEADER_COPY:
+            self.txn.headers_raw += head[:MAX_HEADER_COPY - state["header_len"]]
+            state["header_len"] += len(head)
+
+    async def _end_of_data(self):
+        txn, state = self.txn, self._data
+        self.txn = None
+        failure = None
+        if state["too_big"]:
+            failure = (552, "5.3.4", "Message size exceeds fixed maximum message size")
+        elif state["bare"]:
+            failure = (550, "5.6.0", "Message contains bare CR or LF characters; lines must end with CRLF "
+                                     "(RFC 5321 section 2.3.8)")
+        elif state["long"]:
+            failure = (550, "5.6.0", f"Message contains a line longer than {self.settings['max_line_length']} octets")
+        elif state["hops"] + 1 > self.settings["max_hops"]:
+            failure = (554, "5.4.6", "Too many hops: mail loop detected")
+        if failure is None:
+            verdict = await self._filters(Stage.DATA, txn)
+            if verdict is not None:
+                failure = (verdict.code, verdict.enhanced, verdict.text)
+        if failure is not None:
+            txn.spool.discard()
+            self._log_transaction(f"rejected {failure[0]} {failure[1]}", txn, state["size"])
+            return self.reply(*failure)
+        envelope = Envelope(txn.queue_id, txn.sender, txn.recipients, self.client_ip, self.helo,
+                            txn.auth_user, txn.smtputf8)
+        try:
+            await self.factory.services.run_blocking(txn.spool.commit)
+            await self.factory.delivery.deliver(envelope, txn.spool.path)
+        except Exception:
+            self.log.failure("smtp delivery failed id={id}", id=txn.queue_id)
+            txn.spool.discard()
+            self._log_transaction("tempfail 451 4.3.0 delivery failed", txn, state["size"])
+            return self.reply(451, "4.3.0", "Error: local delivery failed; try again later")
+        txn.spool.discard()
+        self._log_transaction("accepted", txn, state["size"])
+        self.reply(250, "2.0.0", f"Ok: queued as {txn.queue_id}")
+
+    async def _filters(self, stage, txn=None):
+        """Run the filter chain; return a refusing Verdict or None to go on."""
+        chain = self.factory.filters
+        if not chain:
+            return None
+        verdict = await chain.run(stage, txn or self.txn)
+        if verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            return verdict
+        return None
+
+    def _log_transaction(self, result, txn=None, size=0):
+        txn = txn or self.txn
+        if txn is None:
+            return
+        rcpts = ",".join(f"{a}:{c}" for a, c in txn.rcpt_log)
+        self.log.info("smtp transaction id={id} client={client} helo={helo} auth={auth} from=<{sender}> "
+                      "rcpts={rcpts} size={size} result={result}",
+                      id=txn.queue_id or "-", client=self.client_ip, helo=self.helo, auth=txn.auth_user or "-",
+                      sender=txn.sender, rcpts=rcpts, size=size, result=result)
+
+
+class Listener:
+    """What one listening section says: its name, whether it is TLS from the start,
+    whether AUTH is required before MAIL."""
+
+    def __init__(self, name, implicit_tls, require_auth):
+        self.name, self.implicit_tls, self.require_auth = name, implicit_tls, require_auth
+
+
+class SMTPFactory(protocol.ServerFactory):
+    """Builds ESMTPServer connections for one listener and counts connections
+    (the counter is shared by every SMTP listener)."""
+
+    def __init__(self, services, listener, counter, delivery, filters, portal, tls_context, reactor):
+        self.services = services
+        self.settings = services.config["smtp"]
+        self.auth = services.config["auth"]
+        self.hostname = services.hostname
+        self.directory = services.directory
+        self.listener = listener
+        self.counter = counter
+        self.delivery = delivery
+        self.filters = filters
+        self.portal = portal
+        self.tls_context = tls_context
+        self.reactor = reactor
+        self.spool_dir = services.extra["spool_dir"]
+
+    def buildProtocol(self, addr):
+        p = ESMTPServer(self, self.listener)
+        p.factory = self
+        return p
+
+    def open_connection(self, ip):
+        return self.counter.open(ip, self.settings["max_connections"], self.settings["max_connections_per_ip"])
+
+    def close_connection(self, ip):
+        self.counter.close(ip)
+
+    def sleep(self, seconds):
+        from twisted.internet.task import deferLater
+        return deferLater(self.reactor, seconds, lambda: None)
