@@ -4,6 +4,7 @@ An Option turns the INI text into a Python value or raises ValueError with a
 sentence saying what is allowed; config.py adds the file, section and key.
 """
 
+import builtins
 import re
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2,
@@ -89,8 +90,8 @@ class Option:
         return cls("duration", parse_duration, default, required, help)
 
     @classmethod
-    def list(cls, item=str, default=(), required=False, help=""):
-        return cls("list", lambda t: [item(v) for v in parse_list(t)], list(default), required, help)
+    def list(cls, item=builtins.str, default=(), required=False, help=""):
+        return cls("list", lambda t: [item(v) for v in parse_list(t)], builtins.list(default), required, help)
 
     @classmethod
     def choice(cls, choices, default=None, required=False, help=""):

@@ -65,19 +65,20 @@ def context_factory(config):
         raise ConfigError(f"cannot read {e.filename}: {e.strerror}", config.path, "tls",
                           "cert" if e.filename == cert_path else "key") from None
     try:
-        chain = ssl.Certificate.loadPEM(cert_pem)
-        key = ssl.KeyPair.load(key_pem, ssl.FILETYPE_PEM)
-        private = ssl.PrivateCertificate.fromCertificateAndKeyPair(chain, key)
-        extra = _extra_chain(cert_pem)
-        return ssl.CertificateOptions(privateKey=private.privateKey.original,
-                                      certificate=private.original, extraCertChain=extra,
+        from OpenSSL import crypto
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
+        certs = _certificates(cert_pem)
+        return ssl.CertificateOptions(privateKey=key, certificate=certs[0], extraCertChain=certs[1:],
                                       raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
     except Exception as e:  # OpenSSL's errors are many; the admin needs one line
         raise ConfigError(f"not a usable PEM certificate and key: {e}", config.path, "tls", "cert") from None
 
 
-def _extra_chain(pem):
+def _certificates(pem):
+    """Every certificate in a PEM file, leaf first."""
     from OpenSSL import crypto
     marker = b"-----BEGIN CERTIFICATE-----"
     parts = [marker + p for p in pem.split(marker)[1:]]
-    return [crypto.load_certificate(crypto.FILETYPE_PEM, p) for p in parts[1:]]
+    if not parts:
+        raise ValueError("no certificate found")
+    return [crypto.load_certificate(crypto.FILETYPE_PEM, p) for p in parts]

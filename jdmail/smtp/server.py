@@ -764,6 +764,8 @@ class SMTPFactory(protocol.ServerFactory):
     """Builds ESMTPServer connections for one listener and counts connections
     (the counter is shared by every SMTP listener)."""
 
+    noisy = False
+
     def __init__(self, services, listener, counter, delivery, filters, portal, tls_context, reactor):
         self.services = services
         self.settings = services.config["smtp"]
