@@ -1,0 +1,228 @@
+"""jdmailctl, run as the admin runs it: a subprocess with a real INI file."""
+
+import io
+import os
+import subprocess
+import sys
+
+from twisted.trial.unittest import TestCase
+
+from jdmail.admin import ctl
+from jdmail.directory.sqlite import SQLiteDirectory
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class CtlTestCase(TestCase):
+
+    def setUp(self):
+        self.datadir = os.path.abspath(self.mktemp())
+        self.ini = os.path.abspath(self.mktemp())
+        with open(self.ini, "w") as f:
+            f.write(f"[jdmail]\ndatadir = {self.datadir}\n")
+        self.db = os.path.join(self.datadir, "directory.sqlite")
+
+    def ctl(self, *args, stdin="", config=True, env=None):
+        """Run jdmailctl; returns (exit status, stdout, stderr)."""
+        environ = {k: v for k, v in os.environ.items() if k != "JDMAIL_CONFIG"}
+        environ["PYTHONPATH"] = ROOT + os.pathsep + environ.get("PYTHONPATH", "")
+        environ.update(env or {})
+        command = [sys.executable, "-m", "jdmail.admin.ctl"]
+        if config:
+            command += ["--config", self.ini]
+        done = subprocess.run(command + list(args), input=stdin, capture_output=True, text=True,
+                              cwd=ROOT, env=environ, timeout=60)
+        return done.returncode, done.stdout, done.stderr
+
+    def assertRefused(self, result, text, status=1):
+        code, out, err = result
+        self.assertEqual(code, status, err)
+        self.assertEqual(out, "")
+        self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertTrue(err.startswith("jdmailctl: "), err)
+        self.assertIn(text, err)
+        self.assertNotIn("Traceback", err)
+
+    def directory(self):
+        d = SQLiteDirectory(self.db)
+        self.addCleanup(d.close)
+        return d
+
+
+class DomainTests(CtlTestCase):
+
+    def test_add_list_remove(self):
+        self.assertEqual(self.ctl("domain", "add", "Example.ORG"), (0, "added domain example.org\n", ""))
+        self.assertEqual(self.ctl("domain", "add", "example.net")[0], 0)
+        self.assertEqual(self.ctl("domain", "list"), (0, "example.net\nexample.org\n", ""))
+        self.assertEqual(self.directory().list_domains(), ["example.net", "example.org"])
+        self.assertEqual(self.ctl("domain", "remove", "example.net"), (0, "removed domain example.net\n", ""))
+        self.assertEqual(self.directory().list_domains(), ["example.org"])
+
+    def test_duplicate_and_invalid(self):
+        self.ctl("domain", "add", "example.org")
+        self.assertRefused(self.ctl("domain", "add", "example.org"), "example.org is already a local domain")
+        self.assertRefused(self.ctl("domain", "add", "not a domain"), "is not a valid domain name")
+        self.assertRefused(self.ctl("domain", "remove", "example.com"), "example.com is not a local domain")
+
+    def test_remove_in_use(self):
+        self.ctl("domain", "add", "example.org")
+        self.ctl("user", "add", "bob@example.org", "--password", "pw")
+        self.assertRefused(self.ctl("domain", "remove", "example.org"),
+                           "example.org still has 1 user; remove them first")
+        self.assertEqual(self.directory().list_domains(), ["example.org"])
+
+
+class UserTests(CtlTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.assertEqual(self.ctl("domain", "add", "example.org")[0], 0)
+
+    async def test_added_user_authenticates(self):
+        result = self.ctl("user", "add", "Bob@Example.org", "--password", "s3cret", "--quota", "2M")
+        self.assertEqual(result, (0, "added user bob@example.org\n", ""))
+        directory = self.directory()
+        self.assertEqual(directory.list_users(), [("bob@example.org", 2 * 1024**2, True)])
+        account = await directory.authenticate("bob@example.org", "s3cret")
+        self.assertEqual((account.name, account.mailbox), ("bob@example.org", "example.org/bob"))
+        self.assertIsNone(await directory.authenticate("bob@example.org", "wrong"))
+        stored = directory._user("bob@example.org")[1]
+        self.assertTrue(stored.startswith("{BLF-CRYPT}$2y$10$"), stored)
+
+    async def test_password_from_stdin_and_passwd(self):
+        self.assertEqual(self.ctl("user", "add", "carol@example.org", stdin="first pass\n")[0], 0)
+        directory = self.directory()
+        self.assertIsNotNone(await directory.authenticate("carol@example.org", "first pass"))
+        result = self.ctl("user", "passwd", "carol@example.org", "--scheme", "argon2id", stdin="second\r\n")
+        self.assertEqual(result, (0, "changed the password of carol@example.org\n", ""))
+        self.assertIsNone(await directory.authenticate("carol@example.org", "first pass"))
+        self.assertIsNotNone(await directory.authenticate("carol@example.org", "second"))
+        self.assertTrue(directory._user("carol@example.org")[1].startswith("{ARGON2ID}$argon2id$"))
+
+    def test_refusals(self):
+        self.ctl("user", "add", "bob@example.org", "--password", "pw")
+        self.assertRefused(self.ctl("user", "add", "BOB@example.org", "--password", "x"),
+                           "bob@example.org is already a user")
+        self.assertRefused(self.ctl("user", "add", "x@example.com", "--password", "x"),
+                           "example.com is not a local domain")
+        self.assertRefused(self.ctl("user", "add", "bad@@example.org", "--password", "x"),
+                           "is not a valid address")
+        self.assertRefused(self.ctl("user", "add", "a/b@example.org", "--password", "x"),
+                           "cannot be a mailbox")
+        self.assertRefused(self.ctl("user", "add", "e@example.org", stdin="\n"), "the password is empty")
+        self.assertRefused(self.ctl("user", "add", "q@example.org", "--password", "x", "--quota", "lots"),
+                           "expected a size")
+        self.assertRefused(self.ctl("user", "passwd", "nobody@example.org", "--password", "x"),
+                           "nobody@example.org is not a user")
+        self.assertRefused(self.ctl("user", "remove", "nobody@example.org"), "is not a user")
+        self.assertEqual([u[0] for u in self.directory().list_users()], ["bob@example.org"])
+
+    def test_list_and_remove(self):
+        self.ctl("domain", "add", "example.net")
+        self.ctl("user", "add", "bob@example.org", "--password", "pw", "--quota", "1K")
+        self.ctl("user", "add", "dave@example.net", "--password", "pw")
+        self.assertEqual(self.ctl("user", "list"),
+                         (0, "bob@example.org 1024 enabled\ndave@example.net 0 enabled\n", ""))
+        self.assertEqual(self.ctl("user", "list", "example.net"), (0, "dave@example.net 0 enabled\n", ""))
+        code, out, _ = self.ctl("user", "remove", "Bob@example.org")
+        self.assertEqual(code, 0)
+        self.assertTrue(out.startswith("removed user bob@example.org"))
+        self.assertEqual(self.directory().list_users(), [("dave@example.net", 0, True)])
+
+
+class AliasTests(CtlTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.ctl("domain", "add", "example.org")
+        self.ctl("user", "add", "bob@example.org", "--password", "pw")
+
+    async def test_add_list_remove(self):
+        self.assertEqual(self.ctl("alias", "add", "team@example.org", "bob@example.org", "me@elsewhere.com"),
+                         (0, "added alias team@example.org -> bob@example.org, me@elsewhere.com\n", ""))
+        self.assertEqual(self.ctl("alias", "add", "@example.com", "@example.org")[0], 0)
+        self.assertEqual(self.ctl("alias", "add", "*@example.org", "bob@example.org")[0], 0)
+        self.assertEqual(self.ctl("alias", "list", "example.org"),
+                         (0, "*@example.org bob@example.org\nteam@example.org bob@example.org\n"
+                             "team@example.org me@elsewhere.com\n", ""))
+        r = await self.directory().resolve("team@example.com")
+        self.assertEqual((r.mailboxes, r.remote), (("example.org/bob",), ("me@elsewhere.com",)))
+        self.assertEqual(self.ctl("alias", "remove", "team@example.org", "me@elsewhere.com"),
+                         (0, "removed alias team@example.org -> me@elsewhere.com\n", ""))
+        self.assertEqual(self.ctl("alias", "remove", "*@example.org"), (0, "removed alias *@example.org\n", ""))
+        self.assertEqual(self.directory().list_aliases(),
+                         [("@example.com", "@example.org"), ("team@example.org", "bob@example.org")])
+
+    def test_refusals(self):
+        self.assertRefused(self.ctl("alias", "add", "x@example.com", "bob@example.org"),
+                           "example.com is not a local domain")
+        self.assertRefused(self.ctl("alias", "add", "@example.org", "@example.org"),
+                           "example.org is a local domain, so it cannot be a domain alias")
+        self.assertRefused(self.ctl("alias", "remove", "nothing@example.org"), "is not an alias")
+        self.assertEqual(self.directory().list_aliases(), [])
+
+
+class ConfigTests(CtlTestCase):
+
+    def test_config_errors(self):
+        with open(self.ini, "a") as f:
+            f.write("bogus = 1\n[directory]\nfoo = 2\n")
+        code, out, err = self.ctl("domain", "list")
+        self.assertEqual((code, out), (2, ""))
+        lines = err.splitlines()
+        self.assertEqual(len(lines), 2, err)
+        self.assertTrue(all(line.startswith(f"jdmailctl: {self.ini}: [") for line in lines), err)
+        self.assertIn("[jdmail] bogus is not a known key", lines[0])
+        self.assertIn("[directory] foo is not a known key", lines[1])
+        self.assertFalse(os.path.exists(self.db))
+
+    def test_missing_config(self):
+        self.ini = os.path.abspath(self.mktemp())
+        self.assertRefused(self.ctl("domain", "list"), "does not exist", status=2)
+
+    def test_config_from_environment(self):
+        code, out, err = self.ctl("domain", "add", "example.org", config=False,
+                                  env={"JDMAIL_CONFIG": self.ini})
+        self.assertEqual((code, out, err), (0, "added domain example.org\n", ""))
+        self.assertEqual(self.directory().list_domains(), ["example.org"])
+
+    def test_directory_path_option(self):
+        other = os.path.join(os.path.abspath(self.mktemp()), "users.sqlite")
+        with open(self.ini, "a") as f:
+            f.write(f"[directory]\ntype = sqlite\npath = {other}\n")
+        self.assertEqual(self.ctl("domain", "add", "example.org")[0], 0)
+        self.assertFalse(os.path.exists(self.db))
+        d = SQLiteDirectory(other)
+        self.addCleanup(d.close)
+        self.assertEqual(d.list_domains(), ["example.org"])
+
+    def test_usage_error(self):
+        code, out, err = self.ctl("user", "frobnicate")
+        self.assertEqual(code, 2)
+        self.assertNotIn("Traceback", err)
+
+
+class ReadPasswordTests(TestCase):
+    """The tty prompt, in-process (a subprocess has no terminal)."""
+
+    class FakeTTY(io.StringIO):
+        def isatty(self):
+            return True
+
+    def test_prompt_twice(self):
+        answers = iter(["pw", "pw"])
+        self.patch(ctl.getpass, "getpass", lambda prompt: next(answers))
+        self.assertEqual(ctl.read_password(None, self.FakeTTY()), "pw")
+
+    def test_prompt_mismatch(self):
+        answers = iter(["pw", "px"])
+        self.patch(ctl.getpass, "getpass", lambda prompt: next(answers))
+        e = self.assertRaises(ctl.CtlError, ctl.read_password, None, self.FakeTTY())
+        self.assertEqual(str(e), "the two passwords differ")
+
+    def test_given_wins(self):
+        self.assertEqual(ctl.read_password("given", io.StringIO("ignored\n")), "given")
+
+    def test_stdin_line(self):
+        self.assertEqual(ctl.read_password(None, io.StringIO("one line\nsecond\n")), "one line")
