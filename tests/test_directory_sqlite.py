@@ -305,6 +305,13 @@ class AccountTests(DirectoryTestCase):
         self.assertFalse(await self.directory.owns(bob, "carol@example.org"))
         self.assertFalse(await self.directory.owns(bob, "bob@elsewhere.com"))
 
+    async def test_catch_all_target_does_not_own_the_domain(self):
+        bob = await self.directory.account("bob@example.org")
+        self.directory.add_alias("*@example.org", ["bob@example.org"])
+        resolution = await self.directory.resolve("ceo@example.org")
+        self.assertEqual(resolution.mailboxes, ("example.org/bob",))
+        self.assertFalse(await self.directory.owns(bob, "ceo@example.org"))
+
 
 class AdminTests(DirectoryTestCase):
 

@@ -373,7 +373,7 @@ class SQLiteDirectory:
     async def resolve(self, address):
         return self._resolve(address)
 
-    def _resolve(self, address):
+    def _resolve(self, address, catchall=True):
         text = address.strip()
         if text.startswith("<") and text.endswith(">"):
             text = text[1:-1]
@@ -384,14 +384,15 @@ class SQLiteDirectory:
         if not self._local_domain(dom):
             return Resolution(ResolutionKind.REMOTE, remote=(f"{local}@{dom}",))
         accounts, remote = {}, {}
-        self._expand(normalize(text), 0, set(), accounts, remote)
+        self._expand(normalize(text), 0, set(), accounts, remote, catchall)
         if not accounts and not remote:
             return Resolution(ResolutionKind.UNKNOWN)
         return Resolution(ResolutionKind.LOCAL, mailboxes=tuple(a.mailbox for a in accounts.values()),
                           remote=tuple(remote), accounts=tuple(accounts.values()))
 
-    def _expand(self, address, depth, seen, accounts, remote):
-        """Add where mail for the normalised ``address`` goes to ``accounts``/``remote``."""
+    def _expand(self, address, depth, seen, accounts, remote, catchall=True):
+        """Add where mail for the normalised ``address`` goes to ``accounts``/``remote``.
+        With ``catchall`` false, catch-all aliases are not followed."""
         if address in seen:
             return
         if depth > MAX_DEPTH:
@@ -416,7 +417,7 @@ class SQLiteDirectory:
                 if target == address:
                     deliver_user(address)      # "bob -> bob, carol": keep a copy for bob
                 else:
-                    self._expand(target, depth + 1, seen, accounts, remote)
+                    self._expand(target, depth + 1, seen, accounts, remote, catchall)
             return
         row = self._user(address)
         if row is not None:
@@ -426,14 +427,14 @@ class SQLiteDirectory:
         domain_targets = self._targets("@" + dom)
         if domain_targets:
             for target in domain_targets:
-                self._expand(f"{local}@{target[1:]}", depth + 1, seen, accounts, remote)
+                self._expand(f"{local}@{target[1:]}", depth + 1, seen, accounts, remote, catchall)
             return
-        catchall = "*@" + dom
-        if catchall in seen:
+        wildcard = "*@" + dom
+        if not catchall or wildcard in seen:
             return
-        seen.add(catchall)
-        for target in self._targets(catchall):
-            self._expand(target, depth + 1, seen, accounts, remote)
+        seen.add(wildcard)
+        for target in self._targets(wildcard):
+            self._expand(target, depth + 1, seen, accounts, remote, catchall)
 
     async def authenticate(self, username, password):
         name = normalize(username)
@@ -457,7 +458,8 @@ class SQLiteDirectory:
     async def owns(self, account, address):
         if normalize(address) == account.name:
             return True
-        resolution = self._resolve(address)
+        # A catch-all receives for any unknown address; it does not make them its own.
+        resolution = self._resolve(address, catchall=False)
         return account.mailbox in resolution.mailboxes
 
 
