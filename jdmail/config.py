@@ -124,12 +124,12 @@ class Config:
         return self._sections["jdmail"]["datadir"]
 
 
-def _parse_section(path, section, raw, schema, errors):
+def _parse_section(path, section, raw, schema, errors, also_allowed=()):
     values = {}
     for key, text in raw.items():
         option = schema.get(key)
         if option is None:
-            allowed = ", ".join(sorted(schema)) or "no keys"
+            allowed = ", ".join(sorted(set(schema) | set(also_allowed))) or "no keys"
             errors.append(ConfigError(f"is not a known key (allowed here: {allowed})", path, section, key))
             continue
         try:
@@ -200,7 +200,18 @@ def load(path=None, registry=None, datadir=None):
         if sections["smtp"][name] <= 0:
             errors.append(ConfigError("must be more than 0", label, "smtp", name))
 
-    registry.add_plugin_dirs(core["plugin_dirs"])
+    plugin_dirs = []
+    for d in core["plugin_dirs"]:
+        if os.path.isdir(os.path.expanduser(d)):
+            plugin_dirs.append(d)
+        else:
+            errors.append(ConfigError(f"{d!r}: no such directory", label, "jdmail", "plugin_dirs"))
+    registry.add_plugin_dirs(plugin_dirs)
+    try:
+        registry.load()         # find the plugins now, so a name clash is one line too
+    except registry_module.RegistryError as e:
+        errors.append(ConfigError(str(e), label, "jdmail", "plugin_dirs"))
+        raise ConfigErrors(errors) from None
     components = {}
     for section, kind_of in COMPONENT_SECTIONS.items():
         chosen = sections[section]["type"]
@@ -209,11 +220,17 @@ def load(path=None, registry=None, datadir=None):
             errors.append(ConfigError(registry.unknown_message(kind_of, chosen), label, section, "type"))
             continue
         body = {k: v for k, v in raw.get(section, {}).items() if k != "type"}
-        components[section] = (factory, _parse_section(label, section, body, factory.options, errors))
+        schema = {k: v for k, v in factory.options.items() if k != "type"}
+        settings = _parse_section(label, section, body, schema, errors, also_allowed=("type",))
+        components[section] = (factory, settings)
 
     filter_sections = {s for s in raw if s.startswith("filter:")}
+    seen = set()
     for name in sections["filters"]["chain"]:
         section = f"filter:{name}"
+        if name in seen:
+            errors.append(ConfigError(f"names {name!r} twice", label, "filters", "chain"))
+        seen.add(name)
         if section not in raw:
             errors.append(ConfigError(f"names {name!r} but there is no [{section}] section",
                                       label, "filters", "chain"))

@@ -5,9 +5,11 @@ import json
 import os
 
 from twisted.application import service
+from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger, globalLogPublisher, textFileLogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from jdmail import tls
@@ -17,6 +19,7 @@ from jdmail.delivery.local import LocalDelivery
 from jdmail.errors import ConfigError, ConfigErrors
 from jdmail.filters.chain import FilterChain
 from jdmail.limits import ConnectionCounter
+from jdmail.pop3.server import POP3Factory
 from jdmail.services import Services
 from jdmail.smtp.server import Listener, SMTPFactory
 from jdmail.smtp.spool import clean_spool
@@ -39,42 +42,93 @@ class ThreadPoolService(service.Service):
         self.pool.stop()
 
 
-class ListenersService(service.MultiService):
-    """Listens on every configured endpoint; a listener that cannot start stops the
-    server with one log line naming the section and endpoint. When all are up, writes
-    ``<datadir>/run/listening.json`` ({section: ["host:port", …]}) for tools and tests."""
+class ListenersService(service.Service):
+    """Listens on every configured endpoint.
 
-    def __init__(self, reactor, datadir, listeners):
-        super().__init__()
-        self.reactor, self.datadir = reactor, datadir
+    The ports are bound in ``privilegedStartService``, before twistd drops root
+    privileges (``--uid``) and before the reactor runs, so port 25 works for a
+    server that runs as a mail user, and a listener that cannot start stops the
+    server at once: one log line naming the section and endpoint, then exit
+    status 1 (SystemExit out of twistd's startApplication, no traceback). An
+    endpoint type that only fails later (asynchronously) stops the reactor and
+    the process exits 1 after shutdown.
+
+    When all are up, writes ``<datadir>/run/listening.json``
+    ({section: ["host:port", …]}) for tools and tests."""
+
+    def __init__(self, reactor, datadir, listeners, config_path="<embedded default>"):
+        self.reactor, self.datadir, self.config_path = reactor, datadir, config_path
         self.listeners = listeners        # [(section, description, endpoint, factory)]
         self.ports = []
+        self._pending = []
+        self._bound = False
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        self._bind()
 
     def startService(self):
         super().startService()
-        from twisted.internet.defer import gatherResults
-        ds = [self._listen(*entry) for entry in self.listeners]
-        gatherResults(ds, consumeErrors=True).addCallback(self._all_listening)
+        self._bind()            # nothing to do when privilegedStartService ran
+        gatherResults(self._pending, consumeErrors=True).addCallbacks(
+            self._all_listening, lambda _failure: None)
 
-    def _listen(self, section, description, endpoint, factory):
-        d = endpoint.listen(factory)
+    def _bind(self):
+        if self._bound:
+            return
+        self._bound = True
+        for section, description, endpoint, factory in self.listeners:
+            outcome = []
 
-        def ok(port):
-            self.ports.append((section, port))
-            addr = port.getHost()
-            log.info("listening [{section}] {desc} on {host}:{port}", section=section, desc=description,
-                     host=addr.host, port=addr.port)
-            return port
+            def record(result, outcome=outcome):
+                outcome.append(result)
+                return result
 
-        def failed(failure):
-            log.critical("cannot listen for [{section}] on {desc}: {error}; stopping",
-                         section=section, desc=description, error=failure.getErrorMessage())
-            if self.reactor.running:
-                self.reactor.stop()
+            d = endpoint.listen(factory).addBoth(record)
+            if not outcome:
+                # An endpoint type that binds asynchronously: finish when it does.
+                self._pending.append(d.addCallbacks(self._listening, self._failed_later,
+                                                    (section, description), None,
+                                                    (section, description), None))
+            elif isinstance(outcome[0], Failure):
+                d.addErrback(lambda _failure: None)
+                self._cannot_listen(section, description, outcome[0])
+                self._abort()
             else:
-                self.reactor.callWhenRunning(self.reactor.stop)
-            return failure
-        return d.addCallbacks(ok, failed)
+                self._listening(outcome[0], section, description)
+
+    def _failed_later(self, failure, section, description):
+        self._cannot_listen(section, description, failure)
+        # Too late for SystemExit out of twistd's startApplication: stop the
+        # reactor and leave with exit status 1 once shutdown has run.
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        if self.reactor.running:
+            self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
+        return failure
+
+    def _listening(self, port, section, description):
+        self.ports.append((section, port))
+        addr = port.getHost()
+        log.info("listening [{section}] {desc} on {host}:{port}", section=section, desc=description,
+                 host=getattr(addr, "host", addr), port=getattr(addr, "port", ""))
+        return port
+
+    def _cannot_listen(self, section, description, failure):
+        log.critical("jdmail: {path}: [{section}] listen {desc!r}: cannot listen: {error}; stopping",
+                     path=self.config_path, section=section, desc=description,
+                     error=_one_line(failure.getErrorMessage()))
+
+    def _abort(self):
+        """Give back what is bound and leave twistd with exit status 1."""
+        for _section, port in self.ports:
+            try:
+                port.stopListening()
+            except Exception:
+                pass
+        self.ports = []
+        raise SystemExit(1)
 
     def _all_listening(self, _ports):
         run = os.path.join(self.datadir, "run")
@@ -82,7 +136,7 @@ class ListenersService(service.MultiService):
         table = {}
         for section, port in self.ports:
             addr = port.getHost()
-            table.setdefault(section, []).append(f"{addr.host}:{addr.port}")
+            table.setdefault(section, []).append(f"{getattr(addr, 'host', addr)}:{getattr(addr, 'port', '')}")
         tmp = os.path.join(run, "listening.json.tmp")
         with open(tmp, "w") as f:
             json.dump(table, f)
@@ -90,54 +144,102 @@ class ListenersService(service.MultiService):
 
     def stopService(self):
         super().stopService()
-        from twisted.internet.defer import gatherResults
         ports, self.ports = self.ports, []
-        return gatherResults([p.stopListening() for _s, p in ports])
+        return gatherResults([maybeDeferred(p.stopListening) for _s, p in ports])
 
 
-def _build_component(config, section, services):
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def _build_component(config, section, services, errors, name=None):
+    """Build one configured component; a failure becomes a ConfigError for its section."""
     factory, settings = config.components[section]
-    return factory.build(section, settings, services)
+    try:
+        return factory.build(name or section, settings, services)
+    except ConfigErrors as e:
+        errors.extend(e.errors)
+    except ConfigError as e:
+        errors.append(e)
+    except Exception as e:
+        what = f"{factory.kind!r} ({type(factory).__module__})"
+        errors.append(ConfigError(f"cannot start {what}: {_one_line(e) or type(e).__name__}",
+                                  config.path, section, "type"))
+    return None
+
+
+def _endpoint(reactor, config, section, description, implicit_tls, errors):
+    """Parse one listener's endpoint string; None (and an error) when it is not valid."""
+    where = (config.path, section, "listen")
+    kind = description.split(":", 1)[0].strip().lower()
+    if implicit_tls and kind in ("ssl", "tls", "le", "lets"):
+        errors.append(ConfigError(f"{description!r}: [{section}] is already TLS with the [tls] "
+                                  f"certificate; use a plain endpoint such as tcp:PORT", *where))
+        return None
+    try:
+        return serverFromString(reactor, description)
+    except OSError as e:
+        errors.append(ConfigError(f"{description!r}: cannot read {e.filename or 'a file'}: "
+                                  f"{e.strerror or e}", *where))
+    except Exception as e:
+        errors.append(ConfigError(f"{description!r} is not a valid Twisted endpoint string "
+                                  f"(such as tcp:25 or tcp:25:interface=192.0.2.1): {_one_line(e)}",
+                                  *where))
+    return None
 
 
 def make_service(config, reactor):
-    """Return the jdmail MultiService for ``config``. Raises ConfigErrors for problems
-    found while building (unreadable certificate, bad endpoint string)."""
+    """Return the jdmail MultiService for ``config``. Raises ConfigErrors listing every
+    problem found while building (unreadable certificate, bad endpoint string, a
+    component that cannot start, an unusable data directory)."""
+    errors = []
     datadir = config.datadir
-    os.makedirs(datadir, mode=0o700, exist_ok=True)
     spool_dir = os.path.join(datadir, "spool", "incoming")
-    leftovers = clean_spool(spool_dir)
+    try:
+        os.makedirs(datadir, mode=0o700, exist_ok=True)
+        leftovers = clean_spool(spool_dir)
+    except OSError as e:
+        raise ConfigErrors([ConfigError(f"{datadir!r}: cannot use the data directory: "
+                                        f"{e.strerror or e}", config.path, "jdmail", "datadir")]) from None
     if leftovers:
         log.info("spool: removed {n} unacknowledged partial message(s) left by an interruption", n=leftovers)
     if config["jdmail"]["log_file"]:
         path = os.path.abspath(os.path.expanduser(config["jdmail"]["log_file"]))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        globalLogPublisher.addObserver(textFileLogObserver(open(path, "a", encoding="utf-8")))
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            log_file = open(path, "a", encoding="utf-8")
+        except OSError as e:
+            errors.append(ConfigError(f"{config['jdmail']['log_file']!r}: cannot open: {e.strerror or e}",
+                                      config.path, "jdmail", "log_file"))
+        else:
+            globalLogPublisher.addObserver(textFileLogObserver(log_file))
 
     top = service.MultiService()
     pool = ThreadPool(minthreads=1, maxthreads=max(1, config["jdmail"]["threads"]), name="jdmail")
     ThreadPoolService(pool).setServiceParent(top)
     services = Services(reactor=reactor, config=config, hostname=config.hostname, datadir=datadir,
                         threadpool=pool, extra={"spool_dir": spool_dir})
-    services.directory = _build_component(config, "directory", services)
-    services.store = _build_component(config, "store", services)
+    services.directory = _build_component(config, "directory", services, errors)
+    services.store = _build_component(config, "store", services, errors)
     portal = make_portal(services.directory)
     delivery = LocalDelivery(services.store)
 
     chain = []
     for name in config["filters"]["chain"]:
         section = f"filter:{name}"
-        factory, settings = config.components[section]
-        chain.append((factory.build(name, settings, services), settings.get("on_error")))
+        flt = _build_component(config, section, services, errors, name=name)
+        chain.append((flt, config.components[section][1].get("on_error")))
     filters = FilterChain(chain, config["filters"]["timeout"], reactor, config["filters"]["on_error"])
 
-    errors = []
     try:
         context = tls.context_factory(config)
     except ConfigError as e:
-        raise ConfigErrors([e]) from None
+        errors.append(e)
+        context = None
 
-    smtp_counter, pop3_counter = ConnectionCounter(), ConnectionCounter()
+    smtp_counter = ConnectionCounter()
+    pop3_counter = ConnectionCounter()
+    pop3_locks = set()          # pop3 and pop3s: one session per mailbox over both
     listeners = []
     for section, (_default, implicit_tls, proto) in LISTENER_SECTIONS.items():
         descriptions = config[section]["listen"]
@@ -150,26 +252,22 @@ def make_service(config, reactor):
             listener = Listener(section, implicit_tls, config[section]["require_auth"])
             factory = SMTPFactory(services, listener, smtp_counter, delivery, filters, portal, context, reactor)
         else:
-            from jdmail.pop3.server import POP3Factory
             settings = dict(config["pop3"])
             settings.update(allow_plaintext=config["auth"]["allow_plaintext"],
                             fail_delay=config["auth"]["fail_delay"],
                             max_failures=config["auth"]["max_failures"],
-                            tls_context=context, implicit_tls=implicit_tls, counter=pop3_counter)
+                            tls_context=context, implicit_tls=implicit_tls,
+                            counter=pop3_counter, locks=pop3_locks)
             factory = POP3Factory(services, portal, settings)
-        if implicit_tls:
+        if implicit_tls and context is not None:
             factory = TLSMemoryBIOFactory(context, False, factory)
         for description in descriptions:
-            try:
-                endpoint = serverFromString(reactor, description)
-            except (ValueError, TypeError, KeyError) as e:
-                errors.append(ConfigError(f"{description!r} is not a valid Twisted endpoint string: {e}",
-                                          config.path, section, "listen"))
-                continue
-            listeners.append((section, description, endpoint, factory))
+            endpoint = _endpoint(reactor, config, section, description, implicit_tls, errors)
+            if endpoint is not None:
+                listeners.append((section, description, endpoint, factory))
     if errors:
         raise ConfigErrors(errors)
-    ListenersService(reactor, datadir, listeners).setServiceParent(top)
+    ListenersService(reactor, datadir, listeners, config.path).setServiceParent(top)
     log.info("jdmail starting: hostname={hostname} datadir={datadir} directory={directory} store={store}",
              hostname=config.hostname, datadir=datadir, directory=config["directory"]["type"],
              store=config["store"]["type"])

@@ -47,31 +47,63 @@ def context_factory(config):
     created (with a warning) when missing. Raises ConfigError for unreadable files.
     """
     tls = config["tls"]
-    cert_path, key_path = tls["cert"], tls["key"] or tls["cert"]
+    cert_path = os.path.expanduser(tls["cert"]) if tls["cert"] else ""
+    key_path = os.path.expanduser(tls["key"]) if tls["key"] else cert_path
+    if tls["key"] and not cert_path:
+        raise ConfigError("is set but [tls] cert is not: give both (or neither, for a "
+                          "self-signed certificate)", config.path, "tls", "key")
     if not cert_path:
         cert_path = os.path.join(config.datadir, "tls", "selfsigned.crt")
         key_path = os.path.join(config.datadir, "tls", "selfsigned.key")
         if not (os.path.exists(cert_path) and os.path.exists(key_path)):
-            _generate_self_signed(config.hostname, cert_path, key_path)
+            try:
+                _generate_self_signed(config.hostname, cert_path, key_path)
+            except Exception as e:
+                raise ConfigError(f"no certificate configured, and a self-signed one cannot be "
+                                  f"made at {cert_path}: {e}", config.path, "tls", "cert") from None
             log.warn("tls: no [tls] cert configured; generated a self-signed certificate for "
                      "{hostname} at {path} (clients will warn until you install a real one)",
                      hostname=config.hostname, path=cert_path)
-    try:
-        with open(cert_path, "rb") as f:
-            cert_pem = f.read()
-        with open(key_path, "rb") as f:
-            key_pem = f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read {e.filename}: {e.strerror}", config.path, "tls",
-                          "cert" if e.filename == cert_path else "key") from None
+    files = {}
+    for key, path in (("cert", cert_path), ("key", key_path)):
+        try:
+            with open(path, "rb") as f:
+                files[key] = f.read()
+        except OSError as e:
+            raise ConfigError(f"{path!r}: cannot read: {e.strerror or e}", config.path, "tls",
+                              key if tls[key] or key == "cert" else "cert") from None
     try:
         from OpenSSL import crypto
-        key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
-        certs = _certificates(cert_pem)
-        return ssl.CertificateOptions(privateKey=key, certificate=certs[0], extraCertChain=certs[1:],
-                                      raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+        certs = _certificates(files["cert"])
     except Exception as e:  # OpenSSL's errors are many; the admin needs one line
-        raise ConfigError(f"not a usable PEM certificate and key: {e}", config.path, "tls", "cert") from None
+        raise ConfigError(f"{cert_path!r}: not a usable PEM certificate: {_describe(e)}",
+                          config.path, "tls", "cert") from None
+    try:
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, files["key"])
+    except Exception as e:
+        raise ConfigError(f"{key_path!r}: not a usable PEM private key (an encrypted key is not "
+                          f"supported): {_describe(e)}", config.path, "tls",
+                          "key" if tls["key"] else "cert") from None
+    try:
+        options = ssl.CertificateOptions(privateKey=key, certificate=certs[0], extraCertChain=certs[1:],
+                                         raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+        options.getContext()        # checks that key and certificate belong together, now
+    except Exception as e:
+        raise ConfigError(f"{cert_path!r} and {key_path!r} do not make a usable TLS setup "
+                          f"(does the key belong to the certificate?): {_describe(e)}",
+                          config.path, "tls", "key" if tls["key"] else "cert") from None
+    return options
+
+
+def _describe(error):
+    """One line for an exception, including OpenSSL's error-queue texts."""
+    args = getattr(error, "args", ())
+    if args and isinstance(args[0], list):
+        parts = [t[-1] for t in args[0] if isinstance(t, tuple) and t]
+        if parts:
+            return "; ".join(str(p) for p in parts)
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
 
 
 def _certificates(pem):
