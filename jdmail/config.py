@@ -144,24 +144,52 @@ def _parse_section(path, section, raw, schema, errors, also_allowed=()):
     return values
 
 
+def _unrepr(text):
+    """configparser keeps a bad line as its repr()."""
+    import ast
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return value if isinstance(value, str) else text
+
+
 def read_ini(path):
-    """Read an INI file into {section: {key: text}}; raise ConfigError on syntax problems."""
+    """Read an INI file into {section: {key: text}}; raise ConfigError (or ConfigErrors,
+    one per bad line) on syntax problems."""
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"),
                                        strict=True, empty_lines_in_values=False)
     parser.optionxform = str
     try:
-        with open(path, encoding="utf-8") as f:
-            parser.read_file(f)
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = data[:e.start].count(b"\n") + 1
+            raise ConfigError(f"cannot read the file: line {line} is not UTF-8 text", path) from None
+        parser.read_string(text, source=path)
     except FileNotFoundError:
         raise ConfigError("cannot read the file: it does not exist", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read the file: {e}", path) from None
+    except IsADirectoryError:
+        raise ConfigError("cannot read the file: it is a directory", path) from None
+    except PermissionError:
+        raise ConfigError("cannot read the file: permission denied", path) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read the file: {e.strerror or e}", path) from None
     except configparser.DuplicateSectionError as e:
-        raise ConfigError(f"line {e.lineno}: section is given twice", path, e.section) from None
+        raise ConfigError(f"is given twice (line {e.lineno}); each section may appear once",
+                          path, e.section) from None
     except configparser.DuplicateOptionError as e:
-        raise ConfigError(f"line {e.lineno}: key is given twice", path, e.section, e.option) from None
+        raise ConfigError(f"is given twice (line {e.lineno}); each key may appear once per section",
+                          path, e.section, e.option) from None
     except configparser.MissingSectionHeaderError as e:
-        raise ConfigError(f"line {e.lineno}: a key before any [section] header", path) from None
+        raise ConfigError(f"line {e.lineno}: {e.line.strip()!r} comes before any [section] header",
+                          path) from None
+    except configparser.ParsingError as e:
+        raise ConfigErrors([ConfigError(f"line {lineno}: {_unrepr(line).strip()!r} is not "
+                                        f"'key = value', a [section] header or a ; comment", path)
+                            for lineno, line in e.errors]) from None
     except configparser.Error as e:
         first = str(e).splitlines()[0]
         raise ConfigError(f"not a valid INI file: {first}", path) from None
@@ -182,6 +210,8 @@ def load(path=None, registry=None, datadir=None):
             raw = read_ini(path)
         except ConfigError as e:
             raise ConfigErrors([e]) from None
+        except ConfigErrors:
+            raise
 
     errors = []
     sections = {}
