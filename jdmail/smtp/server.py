@@ -52,6 +52,7 @@ class Transaction:
         self.declared_size = declared_size
         self.recipients = []           # [(address, Resolution)]
         self.rcpt_log = []             # [(address, code)] including refused ones
+        self.rcpt_seen = False         # any RCPT command, even a malformed one
         self.headers_raw = b""
         self.spool = None
         self.queue_id = None
@@ -128,19 +129,16 @@ class ESMTPServer(smtp.ESMTP):
 
     def connectionLost(self, reason):
         self.setTimeout(None)
-        if self.txn is not None and self.txn.spool is not None and self.mode == _DATA:
-            self.txn.spool.discard()
-            self._log_transaction("aborted: connection lost")
+        self._end_transaction("connection lost")
         if self._counted:
             self._counted = False
             self.factory.close_connection(self.client_ip)
 
     def timeoutConnection(self):
+        if self._busy:      # waiting for delivery, a filter or a fail delay: not the client's idleness
+            return self.setTimeout(self.timeOut)      # the expired call is gone: start a new one
         self.reply(421, "4.4.2", f"{self.factory.hostname} Error: timeout exceeded")
-        if self.txn is not None and self.txn.spool is not None and self.mode == _DATA:
-            self.txn.spool.discard()
-            self._log_transaction("aborted: timeout")
-            self.txn = None
+        self._end_transaction("timeout")
         self.transport.loseConnection()
 
     def reply(self, code, enhanced, text):
@@ -188,8 +186,7 @@ class ESMTPServer(smtp.ESMTP):
                 self._buffer = b""
                 if not self._skip_to_eol:
                     self._skip_to_eol = True
-                    self.reply(500, "5.5.2", "Error: line too long")
-                    self._count_bad()
+                    self._line_too_long()
             return None, False
         line, self._buffer = self._buffer[:idx], self._buffer[idx + 1:]
         if self._skip_to_eol:
@@ -198,10 +195,16 @@ class ESMTPServer(smtp.ESMTP):
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) > MAX_COMMAND_LINE:
-            self.reply(500, "5.5.2", "Error: line too long")
-            self._count_bad()
+            self._line_too_long()
             return None, True
         return line, True
+
+    def _line_too_long(self):
+        if self.mode == _AUTH:      # RFC 4954 4: the exchange is cancelled
+            self.reply(500, "5.5.6", "Authentication Exchange line is too long")
+        else:
+            self.reply(500, "5.5.2", "Error: line too long")
+        self._count_bad()
 
     def _run(self, coro):
         """Run one command's coroutine; input waits until it has answered."""
@@ -227,11 +230,8 @@ class ESMTPServer(smtp.ESMTP):
 
     def _internal_error(self, failure):
         self.log.failure("smtp internal error client={client}", failure, client=self.client_ip)
-        if self.mode == _DATA:
-            self.mode = _COMMAND
-        if self.txn is not None and self.txn.spool is not None:
-            self.txn.spool.discard()
-        self.txn = None
+        self._end_transaction("internal error")
+        self.mode = _COMMAND
         self.reply(451, "4.3.0", "Error: internal server error; try again later")
 
     def _count_bad(self):
@@ -256,11 +256,15 @@ class ESMTPServer(smtp.ESMTP):
         verb, _, arg = line.strip().partition(" ")
         handler = getattr(self, "smtp_" + verb.upper(), None) if verb.isascii() and verb.isalpha() else None
         if handler is None:
-            self.reply(500 if verb else 500, "5.5.1" if verb else "5.5.2",
+            self.reply(500, "5.5.1" if verb else "5.5.2",
                        "Error: command not recognized" if verb else "Error: bad syntax")
             return self._count_bad()
+        await self._answer(handler(arg.strip()))
+
+    async def _answer(self, step):
+        """Await one command step; an SMTPReplyError it raises becomes the reply."""
         try:
-            await handler(arg.strip())
+            await step
         except SMTPReplyError as e:
             self.reply_error(e)
             if e.code >= 500:
@@ -280,9 +284,9 @@ class ESMTPServer(smtp.ESMTP):
         if not arg:
             raise SMTPReplyError(501, "5.5.4", f"Syntax: {verb} hostname")
         arg = arg.split()[0]
-        self._reset_transaction()
+        self._end_transaction(verb)
         self.helo, self.esmtp = arg, esmtp
-        greeting = f"{self.factory.hostname} Hello {arg} [{self.client_ip}]"
+        greeting = f"{self.factory.hostname} Hello {arg} [{self._ip_literal()}]"
         if not esmtp:
             return self.reply(250, None, greeting)
         lines = [greeting, "PIPELINING", f"SIZE {self.settings['max_message_size']}", "8BITMIME",
@@ -296,6 +300,10 @@ class ESMTPServer(smtp.ESMTP):
         if self.settings["expn"]:
             lines.append("EXPN")
         self.reply(250, None, lines)
+
+    def _ip_literal(self):
+        """The client's address as inside an RFC 5321 address literal: 192.0.2.1, IPv6:2001:db8::1."""
+        return f"IPv6:{self.client_ip}" if ":" in self.client_ip else self.client_ip
 
     def _auth_allowed(self):
         return self.account is None and (self.secure or self.factory.auth["allow_plaintext"])
@@ -313,7 +321,7 @@ class ESMTPServer(smtp.ESMTP):
         self.transport.startTLS(self.ctx)
         self.secure = self.startedTLS = True
         self.helo, self.esmtp, self.account = None, False, None
-        self._reset_transaction()
+        self._end_transaction("STARTTLS")
 
     async def smtp_NOOP(self, arg):
         self.reply(250, "2.0.0", "Ok")
@@ -321,10 +329,11 @@ class ESMTPServer(smtp.ESMTP):
     async def smtp_RSET(self, arg):
         if arg:
             raise SMTPReplyError(501, "5.5.4", "Syntax: RSET")
-        self._reset_transaction()
+        self._end_transaction("RSET")
         self.reply(250, "2.0.0", "Ok")
 
     async def smtp_QUIT(self, arg):
+        self._end_transaction("QUIT")
         self.reply(221, "2.0.0", "Bye")
         self._buffer = b""
         self.transport.loseConnection()
@@ -378,7 +387,7 @@ class ESMTPServer(smtp.ESMTP):
         if raw is None:
             self._sasl = None
             return
-        await self._sasl_response(raw.strip())
+        await self._answer(self._sasl_response(raw.strip()))
 
     async def _sasl_response(self, raw):
         sasl = self._sasl
@@ -441,10 +450,17 @@ class ESMTPServer(smtp.ESMTP):
 
     # --- the mail transaction -----------------------------------------------------------
 
-    def _reset_transaction(self):
-        if self.txn is not None and self.txn.spool is not None:
-            self.txn.spool.discard()
-        self.txn = None
+    def _end_transaction(self, why):
+        """Drop the open transaction, if any, with a log line saying why it ended without a
+        message: "aborted" in the middle of DATA, "abandoned" before it."""
+        txn, self.txn = self.txn, None
+        if txn is None:
+            return
+        if txn.spool is not None:
+            txn.spool.discard()
+            self._log_transaction(f"aborted: {why}", txn, self._data["size"])
+        else:
+            self._log_transaction(f"abandoned: {why}", txn)
 
     async def smtp_MAIL(self, arg):
         if not self.helo:
@@ -456,7 +472,9 @@ class ESMTPServer(smtp.ESMTP):
         path, params = self._split_path(arg, "FROM")
         smtputf8, body, size = False, "7BIT", None
         for name, value in params:
-            if name == "SIZE" and value is not None and value.isdigit():
+            if name == "SIZE":
+                if value is None or not (value.isascii() and value.isdigit()):
+                    raise SMTPReplyError(501, "5.5.4", "Syntax: SIZE=<number of octets>")
                 size = int(value)
             elif name == "BODY" and value is not None and value.upper() in ("7BIT", "8BITMIME"):
                 body = value.upper()
@@ -488,6 +506,7 @@ class ESMTPServer(smtp.ESMTP):
         txn = self.txn
         if txn is None:
             raise SMTPReplyError(503, "5.5.1", "Error: need MAIL command first")
+        txn.rcpt_seen = True
         path, params = self._split_path(arg, "TO")
         if params:
             raise SMTPReplyError(555, "5.5.4", f"Unsupported RCPT TO parameter {params[0][0]}")
@@ -572,12 +591,15 @@ class ESMTPServer(smtp.ESMTP):
         if txn is None:
             raise SMTPReplyError(503, "5.5.1", "Error: need MAIL command first")
         if not txn.recipients:
+            if not txn.rcpt_seen:
+                raise SMTPReplyError(503, "5.5.1", "Error: need RCPT command")
             raise SMTPReplyError(554, "5.5.1", "Error: no valid recipients")
+        self._data = {"size": 0, "in_header": True, "header_len": 0, "hops": 0,
+                      "too_big": False, "bare": False, "long": False, "skip_line": False, "io_error": None,
+                      "started": time.monotonic()}
         txn.queue_id = new_queue_id()
         txn.spool = SpoolFile(self.factory.spool_dir, txn.queue_id)
         txn.spool.write(self._trace_headers(txn))
-        self._data = {"size": 0, "in_header": True, "header_len": 0, "hops": 0,
-                      "too_big": False, "bare": False, "long": False, "skip_line": False, "started": time.monotonic()}
         self.mode = _DATA
         self.setTimeout(self.settings["data_timeout"])
         self.reply(354, None, "End data with <CR><LF>.<CR><LF>")
@@ -592,7 +614,7 @@ class ESMTPServer(smtp.ESMTP):
         single = len(txn.recipients) == 1
         if single:
             lines.append(f"Delivered-To: {txn.recipients[0][0]}")
-        received = f"Received: from {self.helo} ([{self.client_ip}])\r\n\tby {self.factory.hostname} (jdmail)"
+        received = f"Received: from {self.helo} ([{self._ip_literal()}])\r\n\tby {self.factory.hostname} (jdmail)"
         if tls:
             received += f"\r\n\t({tls})"
         if self.account:
@@ -680,16 +702,20 @@ class ESMTPServer(smtp.ESMTP):
         state["size"] += len(chunk)
         if state["size"] > self.settings["max_message_size"]:
             state["too_big"] = True
-        if not (state["too_big"] or state["bare"] or state["long"]):
-            self.txn.spool.write(chunk)
+        if not (state["too_big"] or state["bare"] or state["long"] or state["io_error"]):
+            try:
+                self.txn.spool.write(chunk)
+            except OSError as e:         # e.g. a full disk: answered with 451 at the end of DATA
+                state["io_error"] = str(e)
 
     def _header_lines(self, chunk):
         state = self._data
-        end = chunk.find(b"\r\n\r\n")
-        if chunk.startswith(b"\r\n") and state["header_len"] == 0:
-            end = -2
-        head = chunk if end < 0 else chunk[:end + 2]
-        if end >= 0:
+        if chunk.startswith(b"\r\n"):     # chunks start at a line start: this empty line ends the header
+            head = b""
+        else:
+            end = chunk.find(b"\r\n\r\n")
+            head = chunk if end < 0 else chunk[:end + 2]
+        if len(head) < len(chunk):
             state["in_header"] = False
         state["hops"] += len(re.findall(rb"(?im)^received:", head))
         if state["header_len"] < MAX_HEADER_COPY:
@@ -699,8 +725,17 @@ class ESMTPServer(smtp.ESMTP):
     async def _end_of_data(self):
         txn, state = self.txn, self._data
         self.txn = None
+        try:
+            await self._finish_message(txn, state)
+        finally:
+            txn.spool.discard()     # delivered (hard-linked), refused or failed: never left behind
+
+    async def _finish_message(self, txn, state):
         failure = None
-        if state["too_big"]:
+        if state["io_error"]:
+            self.log.error("smtp spool write failed id={id} error={error}", id=txn.queue_id, error=state["io_error"])
+            failure = (451, "4.3.0", "Error: cannot store the message now; try again later")
+        elif state["too_big"]:
             failure = (552, "5.3.4", "Message size exceeds fixed maximum message size")
         elif state["bare"]:
             failure = (550, "5.6.0", "Message contains bare CR or LF characters; lines must end with CRLF "
@@ -714,8 +749,8 @@ class ESMTPServer(smtp.ESMTP):
             if verdict is not None:
                 failure = (verdict.code, verdict.enhanced, verdict.text)
         if failure is not None:
-            txn.spool.discard()
-            self._log_transaction(f"rejected {failure[0]} {failure[1]}", txn, state["size"])
+            outcome = "tempfail" if failure[0] < 500 else "rejected"
+            self._log_transaction(f"{outcome} {failure[0]} {failure[1]}", txn, state["size"])
             return self.reply(*failure)
         envelope = Envelope(txn.queue_id, txn.sender, txn.recipients, self.client_ip, self.helo,
                             txn.auth_user, txn.smtputf8)
@@ -724,10 +759,8 @@ class ESMTPServer(smtp.ESMTP):
             await self.factory.delivery.deliver(envelope, txn.spool.path)
         except Exception:
             self.log.failure("smtp delivery failed id={id}", id=txn.queue_id)
-            txn.spool.discard()
             self._log_transaction("tempfail 451 4.3.0 delivery failed", txn, state["size"])
             return self.reply(451, "4.3.0", "Error: local delivery failed; try again later")
-        txn.spool.discard()
         self._log_transaction("accepted", txn, state["size"])
         self.reply(250, "2.0.0", f"Ok: queued as {txn.queue_id}")
 
