@@ -7,6 +7,7 @@ one line each: ``FILE: [section] key 'value': what is allowed``.
 
 import configparser
 import os
+import re
 import socket
 
 from jdmail.errors import ConfigError, ConfigErrors
@@ -22,6 +23,10 @@ LISTENER_SECTIONS = {
     "imap": ("tcp:143", False, "imap"),
     "imaps": ("tcp:993", True, "imap"),
 }
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 
 
 def default_datadir():
@@ -222,6 +227,9 @@ def load(path=None, registry=None, datadir=None):
         sections[section] = _parse_section(label, section, body, schema, errors)
 
     core = sections["jdmail"]
+    if core["hostname"] and not _HOSTNAME.fullmatch(core["hostname"]):
+        errors.append(ConfigError(f"{core['hostname']!r}: expected a host name such as mail.example.org "
+                                  "(letters, digits, '-' and '.')", label, "jdmail", "hostname"))
     core["hostname"] = core["hostname"] or socket.getfqdn()
     core["datadir"] = os.path.abspath(os.path.expanduser(datadir or core["datadir"] or default_datadir()))
     if not sections["smtp"]["banner"]:

@@ -132,15 +132,18 @@ class ListenersService(service.Service):
 
     def _all_listening(self, _ports):
         run = os.path.join(self.datadir, "run")
-        os.makedirs(run, mode=0o700, exist_ok=True)
         table = {}
         for section, port in self.ports:
             addr = port.getHost()
             table.setdefault(section, []).append(f"{getattr(addr, 'host', addr)}:{getattr(addr, 'port', '')}")
         tmp = os.path.join(run, "listening.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(table, f)
-        os.replace(tmp, os.path.join(run, "listening.json"))
+        try:
+            os.makedirs(run, mode=0o700, exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump(table, f)
+            os.replace(tmp, os.path.join(run, "listening.json"))
+        except OSError as e:
+            log.warn("cannot write {path}: {error}", path=os.path.join(run, "listening.json"), error=e)
 
     def stopService(self):
         super().stopService()

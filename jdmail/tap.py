@@ -1,5 +1,6 @@
 """What ``twistd jdmail`` runs: command-line options and makeService."""
 
+import os
 import sys
 
 from twisted.python import usage
@@ -11,11 +12,12 @@ class Options(usage.Options):
     """twistd jdmail [--config FILE] [--datadir DIR]"""
 
     synopsis = "[--config FILE] [--datadir DIR]"
-    longdesc = ("Run the jdmail mail server. With no --config, runs on the embedded default: "
-                "SQLite directory, Maildir store and a self-signed certificate under the data "
-                "directory (/var/lib/jdmail for root, ~/.local/share/jdmail otherwise).")
+    longdesc = ("Run the jdmail mail server. With no --config (and no $JDMAIL_CONFIG, which "
+                "jdmailctl reads too), runs on the embedded default: SQLite directory, Maildir "
+                "store and a self-signed certificate under the data directory (/var/lib/jdmail "
+                "for root, ~/.local/share/jdmail otherwise).")
     optParameters = [
-        ["config", "c", None, "INI file (default: the embedded default)", None],
+        ["config", "c", None, "INI file (default: $JDMAIL_CONFIG, else the embedded default)", None],
         ["datadir", "d", None, "data directory (overrides [jdmail] datadir)", None],
     ]
 
@@ -23,6 +25,9 @@ class Options(usage.Options):
         # Problems are reported here, before twistd starts anything, one line each;
         # a UsageError would make twistd print its whole help text first.
         from jdmail import config
+        if self["config"] is None:
+            # the same default as jdmailctl, so both always use one directory
+            self["config"] = os.environ.get("JDMAIL_CONFIG") or None
         try:
             self.settings = config.load(self["config"], datadir=self["datadir"])
         except ConfigErrors as e:

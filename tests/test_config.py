@@ -322,6 +322,17 @@ CASES = {
                           "[smtps] listen 'tcp' is not a valid Twisted endpoint string (such as tcp:25 or "
                           "tcp:25:interface=192.0.2.1): _parseTCP() missing 1 required positional "
                           "argument: 'port'"]),
+    "tls_key_mismatch": (quiet() + "[tls]\ncert = {dir}/a.crt\nkey = {dir}/b.key\n",
+                         ["[tls] key '{dir}/a.crt' and '{dir}/b.key' do not make a usable TLS setup (does the "
+                          "key belong to the certificate?): key values mismatch"]),
+    "tls_key_without_cert": (quiet() + "[tls]\nkey = {dir}/b.key\n",
+                             ["[tls] key is set but [tls] cert is not: give both (or neither, for a "
+                              "self-signed certificate)"]),
+    "tls_not_pem": (quiet() + "[tls]\ncert = {dir}/jdmail.ini\n",
+                    ["[tls] cert '{dir}/jdmail.ini': not a usable PEM certificate: no certificate found"]),
+    "bad_hostname": ("[jdmail]\nhostname = mail server\ndatadir = {dir}/data\n",
+                     ["[jdmail] hostname 'mail server': expected a host name such as mail.example.org "
+                      "(letters, digits, '-' and '.')"]),
     "tls_in_tls": (quiet(pop3s="ssl:995"),
                    ["[pop3s] listen 'ssl:995': [pop3s] is already TLS with the [tls] certificate; use a plain "
                     "endpoint such as tcp:PORT"]),
@@ -337,10 +348,16 @@ def _run_case(name):
     d = os.path.join(_tmp, name)
     os.makedirs(d)
     path = os.path.join(d, "jdmail.ini")
-    body = f"[jdmail]\ndatadir = {d}/data\nhostname = mail.test\n" if name not in (
-        "no_section_header", "garbage") else ""
+    if "tls_" in name:
+        from jdmail.tls import _generate_self_signed
+        _generate_self_signed("a.test", os.path.join(d, "a.crt"), os.path.join(d, "a.key"))
+        _generate_self_signed("b.test", os.path.join(d, "b.crt"), os.path.join(d, "b.key"))
+    if name in ("no_section_header", "garbage", "bad_hostname"):
+        body = ""
+    else:
+        body = f"[jdmail]\ndatadir = {d}/data\nhostname = mail.test\n"
     with open(path, "w", encoding="utf-8") as f:
-        f.write(body + text)
+        f.write(body + text.replace("{dir}", d))
     p = subprocess.run(TWISTD + ["jdmail", "--config", path], env=env(), cwd=d, capture_output=True,
                        text=True, timeout=60)
     return path, p
@@ -367,7 +384,8 @@ class TwistdRefusesTests(unittest.TestCase):
         output = p.stdout + p.stderr
         self.assertNotEqual(p.returncode, 0, output)
         self.assertNotIn("Traceback", output)
-        expected = [f"jdmail: {path}: {line}" for line in CASES[name][1]]
+        d = os.path.dirname(path)
+        expected = [f"jdmail: {path}: {line}".replace("{dir}", d) for line in CASES[name][1]]
         self.assertEqual(sorted(p.stderr.splitlines()), sorted(expected))
         self.assertNotIn("Usage:", output)
 
@@ -418,6 +436,27 @@ class TwistdRefusesTests(unittest.TestCase):
 
     def test_ssl_endpoint_in_tls_section(self):
         self.check("tls_in_tls")
+
+    def test_key_that_does_not_match_the_cert(self):
+        self.check("tls_key_mismatch")
+
+    def test_key_without_cert(self):
+        self.check("tls_key_without_cert")
+
+    def test_cert_that_is_not_pem(self):
+        self.check("tls_not_pem")
+
+    def test_bad_hostname(self):
+        self.check("bad_hostname")
+
+    def test_jdmail_config_environment(self):
+        """With no --config, twistd jdmail reads $JDMAIL_CONFIG, as jdmailctl does."""
+        path, _p = result("bad_size")
+        p = subprocess.run(TWISTD + ["jdmail"], env=dict(env(), JDMAIL_CONFIG=path), capture_output=True,
+                           text=True, timeout=60, cwd=os.path.dirname(path))
+        self.assertEqual(p.returncode, 1)
+        self.assertEqual(p.stderr, f"jdmail: {path}: [smtp] max_message_size '10Q': expected a size such as "
+                                   "512K, 25M or 1G\n")
 
     def test_missing_file(self):
         p = subprocess.run(TWISTD + ["jdmail", "--config", "/nonexistent/jdmail.ini"], env=env(),
@@ -472,8 +511,6 @@ class SampleConfigTests(unittest.TestCase):
     """etc/jdmail.ini shows every option (with its default), and only options that exist."""
 
     def setUp(self):
-        if not os.path.exists(SAMPLE):
-            raise unittest.SkipTest("etc/jdmail.ini is not written yet")
         self.keys = sample_keys(SAMPLE)
 
     def builtin(self, kind):
