@@ -318,3 +318,55 @@ class IPv6Tests(TestCase):
         proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nS: x\r\n\r\n.\r\n")
         self.assertIn(b"250-mail.test Hello c.test [IPv6:2001:db8::7]\r\n", transport.value())
         self.assertIn(b"Received: from c.test ([IPv6:2001:db8::7])\r\n", factory.delivery.delivered[0][1])
+
+
+class TraceHeaderTests(ServerTestCase):
+
+    def test_helo_sanitised(self):
+        """Control characters and (without SMTPUTF8) 8-bit text of the EHLO argument do not
+        reach the Received header as they are."""
+        self.send(b"EHLO \x1b[2Jx\x7f\xc3\xa9.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<bob@example.org>\r\n"
+                  b"DATA\r\nS: x\r\n\r\n.\r\n")
+        self.send(b"MAIL FROM:<a@remote.test> SMTPUTF8\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nS: x\r\n\r\n.\r\n")
+        first, second = (m for _, m in self.factory.delivery.delivered)
+        self.assertIn(b"Received: from ?[2Jx??.test ([192.0.2.7])\r\n", first)
+        self.assertIn("Received: from ?[2Jx?é.test ([192.0.2.7])\r\n".encode(), second)
+        self.assertIn(b"\twith UTF8SMTP id ", second)
+
+
+class SlowDirectoryTests(ServerTestCase):
+    """Commands pipelined behind one that waits (a slow directory) run after it, in order."""
+
+    def setUp(self):
+        super().setUp()
+        self.pending = []
+        fast = self.factory.directory.resolve
+
+        async def slow(address):
+            d = Deferred()
+            self.pending.append(d)
+            await d
+            return await fast(address)
+        self.factory.directory.resolve = slow
+
+    def test_replies_in_order(self):
+        out = self.send(b"EHLO c.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<bob@example.org>\r\n"
+                        b"RCPT TO:<x@example.org>\r\nDATA\r\nSubject: s\r\n\r\nhi\r\n.\r\n")
+        self.assertEqual(out[-1], "250 2.1.0 Sender ok")
+        self.assertEqual(len(self.pending), 1)
+        self.pending.pop().callback(None)
+        self.assertEqual(self.replies(), ["250 2.1.5 Recipient ok"])
+        self.pending.pop().callback(None)
+        out = self.replies()
+        self.assertEqual([line[:9] for line in out], ["550 5.1.1", "354 End d", "250 2.0.0"])
+        self.assertEqual(self.body(), b"Subject: s\r\n\r\nhi\r\n")
+
+    def test_reading_paused_while_much_waits(self):
+        self.send(b"EHLO c.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<bob@example.org>\r\n")
+        self.assertEqual(self.transport.producerState, "producing")
+        self.send(b"NOOP\r\n" * 50000)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.pending.pop().callback(None)
+        self.assertEqual(self.transport.producerState, "producing")
+        out = self.replies()
+        self.assertEqual(out, ["250 2.1.5 Recipient ok"] + ["250 2.0.0 Ok"] * 50000)

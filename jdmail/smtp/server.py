@@ -40,6 +40,10 @@ MAX_BAD_COMMANDS = 20             # Postfix's smtpd_hard_error_limit
 
 _COMMAND, _DATA, _AUTH = "command", "data", "auth"
 
+# What of the client's EHLO argument may not go into our Received header as it is.
+_HEADER_UNSAFE = re.compile(r"[^\x21-\x7e]")
+_HEADER_UNSAFE_UTF8 = re.compile(r"[\x00-\x20\x7f-\x9f]")
+
 
 class Transaction:
     """One MAIL..DATA exchange, as filters and delivery see it."""
@@ -614,7 +618,8 @@ class ESMTPServer(smtp.ESMTP):
         single = len(txn.recipients) == 1
         if single:
             lines.append(f"Delivered-To: {txn.recipients[0][0]}")
-        received = f"Received: from {self.helo} ([{self._ip_literal()}])\r\n\tby {self.factory.hostname} (jdmail)"
+        helo = _HEADER_UNSAFE_UTF8.sub("?", self.helo) if txn.smtputf8 else _HEADER_UNSAFE.sub("?", self.helo)
+        received = f"Received: from {helo} ([{self._ip_literal()}])\r\n\tby {self.factory.hostname} (jdmail)"
         if tls:
             received += f"\r\n\t({tls})"
         if self.account:

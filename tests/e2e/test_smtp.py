@@ -175,14 +175,16 @@ class LocalDeliveryTests(SMTPTestCase):
         tok = token()
         c = self.raw()
         c.ehlo()
-        self.assertReply(c.cmd("MAIL FROM:<sender@remote.test>"), 250, "2.1.0")
+        self.assertReply(c.cmd(f"MAIL FROM:<{tok}@remote.test>"), 250, "2.1.0")
         self.assertReply(c.cmd("RCPT TO:<nobody@example.org>"), 550, "5.1.1", "User unknown")
         self.assertReply(c.cmd("DATA"), 554, "5.5.1", "no valid recipients")
         self.assertReply(c.cmd("RSET"), 250, "2.0.0")
         self.assertEqual(files_with(self.server, tok), [])
-        line = wait_for(lambda: log_lines(self.server, "rcpts=nobody@example.org:550"))
-        self.assertEqual(len(line), 1, line)
-        self.assertIn("result=abandoned", line[0])
+        # the refused transaction has its log line too
+        lines = wait_for(lambda: log_lines(self.server, f"from=<{tok}@remote.test>"))
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(lines[0], r"smtp transaction id=- client=127\.0\.0\.1 helo=client\.test auth=- from=<\S+> "
+                                   r"rcpts=nobody@example\.org:550 size=0 result=abandoned: RSET$")
 
     def test_relay_denied_without_auth(self):
         c = self.raw()
