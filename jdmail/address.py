@@ -3,7 +3,7 @@
 import re
 
 # RFC 5321 4.1.2 / RFC 5322 3.2.3 atext, plus UTF-8 (RFC 6531) when allowed.
-_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"   # '-' escaped: more ranges follow in the UTF-8 class
 _DOT_ATOM = re.compile(rf"[{_ATEXT}]+(\.[{_ATEXT}]+)*")
 _DOT_ATOM_UTF8 = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(\.[{_ATEXT}\u0080-\U0010ffff]+)*")
 _QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"')

@@ -168,9 +168,6 @@ class LocalDeliveryTests(SMTPTestCase):
         with open(path, "rb") as f:
             self.assertTrue(f.read().startswith("Return-Path: <jörg@bücher.test>\r\n".encode()))
 
-    test_smtputf8_addresses.todo = ("jdmail/address.py: _ATEXT ends with '-', so in _DOT_ATOM_UTF8's character "
-                                    "class '~-\\u0080' is a range and most non-ASCII letters are refused (501/553)")
-
     def test_unknown_local_user(self):
         tok = token()
         c = self.raw()
