@@ -73,10 +73,23 @@ class ListenersService(service.Service):
         gatherResults(self._pending, consumeErrors=True).addCallbacks(
             self._all_listening, lambda _failure: None)
 
+    @property
+    def _state_file(self):
+        return os.path.join(self.datadir, "run", "listening.json")
+
+    def _forget_state(self):
+        try:
+            os.unlink(self._state_file)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warn("cannot remove {path}: {error}", path=self._state_file, error=e)
+
     def _bind(self):
         if self._bound:
             return
         self._bound = True
+        self._forget_state()        # a file left by a crash names ports nobody listens on
         for section, description, endpoint, factory in self.listeners:
             outcome = []
 
@@ -141,12 +154,13 @@ class ListenersService(service.Service):
             os.makedirs(run, mode=0o700, exist_ok=True)
             with open(tmp, "w") as f:
                 json.dump(table, f)
-            os.replace(tmp, os.path.join(run, "listening.json"))
+            os.replace(tmp, self._state_file)
         except OSError as e:
-            log.warn("cannot write {path}: {error}", path=os.path.join(run, "listening.json"), error=e)
+            log.warn("cannot write {path}: {error}", path=self._state_file, error=e)
 
     def stopService(self):
         super().stopService()
+        self._forget_state()
         ports, self.ports = self.ports, []
         return gatherResults([maybeDeferred(p.stopListening) for _s, p in ports])
 

@@ -211,6 +211,8 @@ class RestartTests(NewcomerTestCase):
         before = self.uidl()
         self.assertEqual(len(before), 3)
         self.server.stop()
+        # a clean stop says so: no listening.json naming ports nobody listens on
+        self.assertFalse(os.path.exists(os.path.join(self.server.datadir, "run", "listening.json")))
         self.server.start()
         self.assertEqual(self.uidl(), before)
         self.assertEqual(sorted(self.subjects(BOB)), ["message 0", "message 1", "message 2"])
