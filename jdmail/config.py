@@ -97,6 +97,11 @@ CORE_SCHEMA = {
     },
 }
 
+# Values where 0 would refuse everything or time out at once.
+POSITIVE = (("smtp", "max_message_size"), ("smtp", "max_recipients"), ("smtp", "max_hops"),
+            ("smtp", "max_line_length"), ("smtp", "command_timeout"), ("smtp", "data_timeout"),
+            ("filters", "timeout"))
+
 # Sections whose keys beyond "type" belong to the chosen component.
 COMPONENT_SECTIONS = {"directory": "directory", "store": "store"}
 FILTER_COMMON = {
@@ -234,9 +239,11 @@ def load(path=None, registry=None, datadir=None):
     core["datadir"] = os.path.abspath(os.path.expanduser(datadir or core["datadir"] or default_datadir()))
     if not sections["smtp"]["banner"]:
         sections["smtp"]["banner"] = f"{core['hostname']} jdmail ESMTP Service ready"
-    for name in ("max_message_size",):
-        if sections["smtp"][name] <= 0:
-            errors.append(ConfigError("must be more than 0", label, "smtp", name))
+    for section, name in POSITIVE:
+        text = raw.get(section, {}).get(name)
+        if sections[section][name] <= 0:
+            shown = f"{text.strip()!r}: " if text is not None else ""
+            errors.append(ConfigError(f"{shown}must be more than 0", label, section, name))
 
     plugin_dirs = []
     for d in core["plugin_dirs"]:

@@ -213,9 +213,25 @@ class LoadTests(unittest.TestCase):
         for line in errors:
             self.assertNotIn("\n", line)
 
-    def test_zero_message_size(self):
-        path, errors = self.errors("[smtp]\nmax_message_size = 0\n")
-        self.assertEqual(errors, [f"{path}: [smtp] max_message_size must be more than 0"])
+    def test_zero_where_it_would_refuse_everything(self):
+        path, errors = self.errors("[smtp]\nmax_message_size = 0K\nmax_recipients = 0\nmax_hops = 0\n"
+                                   "max_line_length = 0\ncommand_timeout = 0s\ndata_timeout = 0ms\n"
+                                   "[filters]\ntimeout = 0s\n")
+        self.assertEqual(errors, [f"{path}: [smtp] max_message_size '0K': must be more than 0",
+                                  f"{path}: [smtp] max_recipients '0': must be more than 0",
+                                  f"{path}: [smtp] max_hops '0': must be more than 0",
+                                  f"{path}: [smtp] max_line_length '0': must be more than 0",
+                                  f"{path}: [smtp] command_timeout '0s': must be more than 0",
+                                  f"{path}: [smtp] data_timeout '0ms': must be more than 0",
+                                  f"{path}: [filters] timeout '0s': must be more than 0"])
+
+    def test_zero_where_it_means_no_limit(self):
+        path = self.write("[smtp]\nmax_connections = 0\nmax_connections_per_ip = 0\n"
+                          "[pop3]\ntimeout = 0s\nmax_connections = 0\n[auth]\nmax_failures = 0\n"
+                          "fail_delay = 0s\n")
+        cfg = config.load(path)
+        self.assertEqual((cfg["smtp"]["max_connections"], cfg["pop3"]["timeout"], cfg["auth"]["max_failures"]),
+                         (0, 0.0, 0))
 
     def test_chain_twice(self):
         self.addCleanup(registry.remove_plugin_dirs, [DROPINS])
