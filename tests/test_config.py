@@ -289,16 +289,7 @@ class LoadTests(unittest.TestCase):
 
 # --- twistd jdmail --config BROKEN ---------------------------------------------------------
 
-def _busy_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(1)
-    return s
-
-
-_busy = _busy_port()          # held for the life of the test process
-
-# name: (INI text, [expected stderr line after "jdmail: FILE: "]); {port} is a port in use.
+# name: (INI text, [expected stderr line after "jdmail: FILE: "]); {dir} is the case's directory.
 CASES = {
     "unknown_section": ("[smtpd]\nlisten = tcp:25\n",
                         ["[smtpd] is not a known section (allowed: auth, directory, filters, imap, imaps, "
@@ -483,7 +474,11 @@ class TwistdRefusesTests(unittest.TestCase):
     def test_port_in_use(self):
         """A listener that cannot bind stops the server: exit 1, one log line naming the
         section and endpoint, no traceback, and the other listeners are not left open."""
-        port = _busy.getsockname()[1]
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
         d = tempfile.mkdtemp(prefix="jdmail-busy-")
         self.addCleanup(shutil.rmtree, d, True)
         path = os.path.join(d, "jdmail.ini")

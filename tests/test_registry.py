@@ -252,7 +252,7 @@ class UnknownAndBrokenTests(RegistryTestMixin, unittest.TestCase):
         errors = self.load_errors(path)
         self.assertEqual(len(errors), 1)
         broken = os.path.join(d, "jdmail_test_broken_syntax.py")
-        self.assertIn(f"[filter:broken] 'broken': no filter plugin has that name (available: ", errors[0])
+        self.assertIn("[filter:broken] 'broken': no filter plugin has that name (available: ", errors[0])
         self.assertIn(f"; plugins that failed to load: {broken}: SyntaxError: ", errors[0])
         self.assertEqual(registry.problems()[0].split(": SyntaxError")[0], broken)
         self.assertEqual(len(registry.problems()), 1)
