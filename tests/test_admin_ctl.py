@@ -107,7 +107,7 @@ class UserTests(CtlTestCase):
         self.assertRefused(self.ctl("user", "add", "x@example.com", "--password", "x"),
                            "example.com is not a local domain")
         self.assertRefused(self.ctl("user", "add", "bad@@example.org", "--password", "x"),
-                           "is not a valid address")
+                           "jdmailctl: bad address: ")
         self.assertRefused(self.ctl("user", "add", "a/b@example.org", "--password", "x"),
                            "cannot be a mailbox")
         self.assertRefused(self.ctl("user", "add", "e@example.org", stdin="\n"), "the password is empty")
@@ -226,3 +226,15 @@ class ReadPasswordTests(TestCase):
 
     def test_stdin_line(self):
         self.assertEqual(ctl.read_password(None, io.StringIO("one line\nsecond\n")), "one line")
+
+
+class PluginsCommandTests(TestCase):
+    def test_lists_builtins_with_origin_and_options(self):
+        from tests.fixtures.server import env
+        p = subprocess.run([sys.executable, "-m", "jdmail.admin.ctl", "plugins"], capture_output=True,
+                           text=True, env=env())
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("directory sqlite  (", p.stdout)
+        self.assertIn("jdmail/directory/sqlite.py)", p.stdout)
+        self.assertIn("store maildir  (", p.stdout)
+        self.assertIn("    path (string, default ''): root of the mail tree", p.stdout)

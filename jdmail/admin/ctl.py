@@ -24,7 +24,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Manage jdmail's domains, users and aliases.")
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="INI file (default: $JDMAIL_CONFIG, else the embedded default)")
-    groups = parser.add_subparsers(dest="group", metavar="{domain,user,alias}", required=True)
+    groups = parser.add_subparsers(dest="group", metavar="{domain,user,alias,plugins}", required=True)
 
     domain = groups.add_parser("domain", help="local domains").add_subparsers(dest="action", required=True)
     p = domain.add_parser("add", help="add a local domain")
@@ -58,7 +58,30 @@ def build_parser():
     p = alias.add_parser("remove", help="remove one target of an alias, or the whole alias")
     p.add_argument("source")
     p.add_argument("target", nargs="?")
+
+    groups.add_parser("plugins", help="list the components jdmail can use: kind, name, file, options")
     return parser
+
+
+def list_plugins(path, out):
+    """Print every directory, store and filter plugin with its origin and options,
+    then any plugin module that failed to load."""
+    from jdmail import config as config_module, registry
+    from jdmail.errors import ConfigErrors
+    try:
+        config_module.load(path)
+    except ConfigErrors:
+        pass    # plugins are still listed; the server reports config problems itself
+    for kind in registry.KINDS:
+        for name, factory in sorted(registry.factories(kind).items()):
+            module = sys.modules.get(type(factory).__module__)
+            origin = getattr(module, "__file__", type(factory).__module__)
+            out.write(f"{kind} {name}  ({origin})\n    {factory.description}\n")
+            for key, option in factory.options.items():
+                out.write(f"    {key} ({option.kind}, default {option.default!r}): {option.help}\n")
+    for line in registry.problems():
+        out.write(f"failed to load: {line}\n")
+    return 0
 
 
 def open_directory(path):
@@ -125,6 +148,8 @@ def run(args, out):
     from jdmail.options import parse_size
 
     path = args.config if args.config is not None else (os.environ.get("JDMAIL_CONFIG") or None)
+    if args.group == "plugins":
+        return list_plugins(path, out)
     directory = open_directory(path)
     group, action = args.group, args.action
 
@@ -147,7 +172,7 @@ def run(args, out):
             try:
                 check_mailbox(args.address.strip())
             except AddressError as e:
-                raise CtlError(f"{args.address.strip()!r} is not a valid address: {e}") from None
+                raise CtlError(f"bad address: {e}") from None
             name = directory.add_user(args.address, _hash(args), quota)
             out.write(f"added user {name}\n")
         elif action == "passwd":

@@ -174,7 +174,7 @@ class CtlErrorTests(NewcomerTestCase):
                            f"jdmailctl: {BOB} is already a user")
         p = self.ctl("user", "add", "not an address", "--password", "x")
         self.assertRefused(p, p.stderr.rstrip("\n"))
-        self.assertTrue(p.stderr.startswith("jdmailctl: 'not an address' is not a valid address"), p.stderr)
+        self.assertTrue(p.stderr.startswith("jdmailctl: bad address: 'not an address' is not of the form local-part@domain"), p.stderr)
         self.assertRefused(self.ctl("domain", "add", "example.org"),
                            "jdmailctl: example.org is already a local domain")
         self.assertRefused(self.ctl("alias", "add", "x@unknown.test", BOB),
