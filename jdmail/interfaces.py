@@ -16,7 +16,8 @@ __all__ = [
     "Option", "Stage", "Action", "Verdict", "Account", "Resolution", "Envelope", "MessageInfo",
     "IComponentFactory", "IDirectoryFactory", "IStoreFactory", "IFilterFactory",
     "IUserDirectory", "IDirectoryAdmin", "IMessageStore", "IMailboxStore",
-    "IFilter", "IDeliveryAgent",
+    "IFilter", "IDeliveryAgent", "IAccountStore", "IFolder",
+    "MessageRecord", "FolderInfo", "FolderChanges",
 ]
 
 
@@ -113,6 +114,32 @@ class Envelope:
     smtputf8: bool = False
 
 
+@dataclass(frozen=True)
+class MessageRecord:
+    """One message of a folder as IMAP sees it, from the folder's index (no file opened)."""
+    uid: int
+    flags: frozenset          # IMAP flags: system flags ("\\Seen") and keywords ("$Junk")
+    modseq: int
+    size: int                 # RFC822.SIZE: octets with CRLF line ends
+    internaldate: float       # seconds since the epoch (UTC)
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    """One folder in a LIST answer."""
+    name: str                 # the IMAP name (Unicode; "/" separates levels; "INBOX" for the inbox)
+    attributes: frozenset     # e.g. {"\\HasChildren"}, {"\\HasNoChildren", "\\Sent"}
+    subscribed: bool
+
+
+@dataclass
+class FolderChanges:
+    """What changed in a selected folder since the session last looked (``IFolder.refresh``)."""
+    expunged: list = field(default_factory=list)   # UIDs gone, ascending
+    added: list = field(default_factory=list)      # MessageRecords new to the session, ascending UID
+    changed: list = field(default_factory=list)    # MessageRecords whose flags/modseq changed
+
+
 @dataclass
 class MessageInfo:
     """One message as a mailbox listing shows it."""
@@ -203,6 +230,117 @@ class IMessageStore(Interface):
 
     def mailbox(mailbox, folder="INBOX"):
         """Return an IMailboxStore for one folder of one mailbox key (created if missing)."""
+
+    def account(mailbox, quota_bytes=0):
+        """Return the IAccountStore (all folders, for IMAP) of one mailbox key.
+        ``quota_bytes`` (0 = none) is the directory's quota for it."""
+
+    def usage(mailbox):
+        """(bytes, messages) stored for a mailbox key over all folders (Deferred/coroutine);
+        used by SMTP to refuse mail over quota."""
+
+
+class QuotaExceeded(Exception):
+    """An APPEND/COPY/MOVE/delivery would exceed the mailbox's quota."""
+
+
+class FolderError(Exception):
+    """A folder operation refused: no such folder, exists already, bad or unsafe name.
+    str() is a sentence for the client (after NO)."""
+
+
+class IAccountStore(Interface):
+    """All folders of one user, as the IMAP server works with them.
+
+    Every method returns a Deferred or is a coroutine. Folder names are IMAP
+    names as Unicode (the protocol layer decodes modified UTF-7), "/" is the
+    hierarchy delimiter, "INBOX" is case-insensitive. Names that are unsafe (empty
+    levels, ".", "..", NUL, control characters) raise FolderError.
+    """
+
+    def list_folders():
+        """Every folder, as FolderInfo (INBOX first)."""
+
+    def create_folder(name, special_use=None):
+        """Create a folder (and missing parents). FolderError if it exists."""
+
+    def delete_folder(name):
+        """Delete a folder and its mail. INBOX cannot be deleted (FolderError)."""
+
+    def rename_folder(old, new):
+        """Rename a folder with its children. Renaming INBOX moves its messages into
+        the new folder and leaves INBOX empty (RFC 3501 6.3.5)."""
+
+    def subscribe(name, subscribed=True):
+        """(Un)subscribe a folder name (it need not exist for unsubscribe)."""
+
+    def status(name):
+        """dict with MESSAGES, RECENT, UIDNEXT, UIDVALIDITY, UNSEEN, HIGHESTMODSEQ, SIZE."""
+
+    def open_folder(name, readonly=False):
+        """Select a folder for one session: an IFolder. FolderError if it does not exist."""
+
+    def append(name, data, flags=(), internaldate=None):
+        """Store ``data`` (bytes, CRLF line ends) durably in folder ``name``; returns
+        (uidvalidity, uid). Raises QuotaExceeded or FolderError."""
+
+    def quota():
+        """(used_bytes, limit_bytes, used_messages, limit_messages); limits 0 = none."""
+
+
+class IFolder(Interface):
+    """One selected folder as one IMAP session sees it.
+
+    ``records`` is the session's view: a list of MessageRecord in UID order, so the
+    message sequence number of ``records[i]`` is i + 1. The view changes only in
+    ``refresh`` (so the protocol decides when EXPUNGE/EXISTS may be sent) and by the
+    session's own store/expunge calls.
+    """
+
+    name = Attribute("The folder's IMAP name")
+    readonly = Attribute("True when opened with EXAMINE")
+    uidvalidity = Attribute("int")
+    uidnext = Attribute("int: the next UID this folder will assign")
+    highestmodseq = Attribute("int (CONDSTORE): the highest MODSEQ in the folder")
+    records = Attribute("list of MessageRecord, the session's view")
+
+    def refresh():
+        """Bring the view up to date with the disk and other sessions; returns
+        FolderChanges. Messages that appeared in the Maildir from elsewhere get UIDs."""
+
+    def store_flags(uids, flags, mode, unchanged_since=None):
+        """Change flags: mode "+" adds, "-" removes, "=" replaces. With
+        ``unchanged_since`` (CONDSTORE) a message whose modseq is higher is left alone.
+        Returns (changed MessageRecords, UIDs refused by unchanged_since)."""
+
+    def copy(uids, dest):
+        """Copy messages to folder ``dest``; returns (dest uidvalidity, [(uid, new uid)]).
+        Raises QuotaExceeded or FolderError."""
+
+    def move(uids, dest):
+        """Like copy, then the originals are expunged (RFC 6851); returns the same,
+        and the view no longer holds them."""
+
+    def expunge(uids=None):
+        """Remove messages flagged \\Deleted (only those in ``uids`` when given);
+        returns the expunged UIDs ascending; the view no longer holds them."""
+
+    def open_message(uid):
+        """A binary file object with the message's octets (CRLF line ends)."""
+
+    def structure(uid):
+        """The message's parsed MIME structure (jdmail.mime.MessageStructure), cached in
+        the index after the first parse (Deferred/coroutine)."""
+
+    def vanished_since(modseq):
+        """UIDs expunged after ``modseq`` (QRESYNC VANISHED (EARLIER))."""
+
+    def listen(callback):
+        """Call ``callback()`` (no arguments) whenever the folder may have changed
+        (delivery, another session); returns a function that stops the calls. IDLE uses it."""
+
+    def close():
+        """The session is done with the folder (CLOSE, UNSELECT, SELECT elsewhere, logout)."""
 
 
 class IMailboxStore(Interface):
