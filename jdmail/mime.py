@@ -39,7 +39,7 @@ _FORMAT = 1             # to_bytes() layout version
 _ENV_FIELDS = (b"date", b"subject", b"from", b"sender", b"reply-to", b"to", b"cc",
                b"bcc", b"in-reply-to", b"message-id")
 _ENV_INDEX = {name.decode(): i for i, name in enumerate(_ENV_FIELDS)}
-_ADDRESS_FIELDS = frozenset((2, 3, 4, 5, 6, 7))
+_ADDRESS_NAMES = frozenset(_ENV_FIELDS[2:8])
 
 # A header field: name, optional blanks, colon, then the value up to the end of its
 # last continuation line (the value keeps its CRs; the final LF is not included).
@@ -47,8 +47,12 @@ _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.M)
 _TOKEN = rb"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+"
 _CONTENT_TYPE = re.compile(rb"[ \t\r\n]*(" + _TOKEN + rb")[ \t\r\n]*/[ \t\r\n]*(" + _TOKEN + rb")")
 _MIME_TOKEN = re.compile(rb"[ \t\r\n]*(" + _TOKEN + rb")")
-_PARAM = re.compile(rb";[ \t\r\n]*([^\s=;\"]+)[ \t\r\n]*=[ \t\r\n]*"
-                    rb"(?:\"((?:[^\"\\]|\\.)*)\"?|([^;]*))", re.S)
+# A parameter: attribute = quoted-string or token. Lenient like most clients: a
+# missing ";" between parameters is tolerated, and an unquoted value runs on over
+# blanks (name=my file.pdf) unless the next word starts another "attribute=".
+_PARAM = re.compile(rb"[;\s][;\s]*([^\s=;\"]+)[ \t\r\n]*=[ \t\r\n]*"
+                    rb"(?:\"((?:[^\"\\]|\\.)*)\"?|([^;\s]*(?:\s+(?![^\s=;\"]+\s*=)[^;\s]+)*))",
+                    re.S)
 _QUOTED_PAIR = re.compile(rb"\\(.)", re.S)
 _RFC2231_NAME = re.compile(r"^(.*?)\*(?:(\d+)(\*)?)?$")
 _ATTR_CHAR = frozenset(b"!#$&+-.^_`|~0123456789"
@@ -456,7 +460,7 @@ def _delimiter_pattern(stack):
         for level, delim in enumerate(stack):
             levels[delim] = level           # the innermost level wins a tie
         ordered = sorted(levels, key=len, reverse=True)
-        pattern = re.compile(rb"^(?:" + b"|".join(re.escape(d) for d in ordered) + rb")", re.M)
+        pattern = re.compile(b"|".join(re.escape(d) for d in ordered))
         if len(_delimiter_cache) > 500:
             _delimiter_cache.clear()
         entry = _delimiter_cache[stack] = (pattern, levels)
@@ -472,9 +476,19 @@ def _find_delimiter(data, pos, end, stack):
     if not stack:
         return None
     pattern, levels = _delimiter_pattern(stack)
-    m = pattern.search(data, pos, end)
-    if m is None:
-        return None
+    if data.startswith(b"--", pos) and pos + 2 <= end:
+        cand = pos
+    else:
+        cand = data.find(b"\n--", pos, end) + 1
+        if not cand:
+            return None
+    while True:
+        m = pattern.match(data, cand, end)
+        if m is not None:
+            break
+        cand = data.find(b"\n--", cand, end) + 1
+        if not cand:
+            return None
     after = m.end()
     close = data.startswith(b"--", after) and after + 2 <= end
     nl = data.find(b"\n", after, end)
@@ -488,11 +502,11 @@ def _header_end(data, s, end):
     if data.startswith(b"\n", s) and s < end:
         return s, s + 1
     a = data.find(b"\n\r\n", s, end)
-    b = data.find(b"\n\n", s, end)
-    if a >= 0 and (b < 0 or a < b):
-        return a + 1, a + 3
+    b = data.find(b"\n\n", s, end if a < 0 else a + 1)
     if b >= 0:
         return b + 1, b + 2
+    if a >= 0:
+        return a + 1, a + 3
     return end, end
 
 
@@ -512,45 +526,32 @@ def _parse_part(data, s, end, stack, digest, depth, counter, is_message):
     counter[0] += 1
     part = MessageStructure() if is_message else Part()
     part.header_start = s
-    hend, bs = _header_end(data, s, end)
+    # The next delimiter of an enclosing multipart bounds the part: a leaf's body
+    # ends there, and the search for the blank line stops there.
+    following = _find_delimiter(data, s, end, stack)
+    limit = end if following is None else following[0]
+    hend, bs = _header_end(data, s, limit)
     term = None
-    if stack:
-        # A delimiter inside the header block ends the part there (header only).
-        k = s if data.startswith(b"--", s) else -1
-        if k < 0:
-            k = data.find(b"\n--", s, hend)
-            if k >= 0:
-                k += 1
-        if 0 <= k < hend:
-            term = _find_delimiter(data, k, end, stack)
-            if term is not None and term[0] < hend:
-                hend = bs = _eol_before(data, term[0], s)
-            else:
-                term = None
+    if following is not None and bs >= limit:
+        # No blank line before the delimiter: a header-only part (the line break
+        # before the delimiter belongs to the delimiter).
+        hend = bs = _eol_before(data, limit, s)
+        term = following
+    _header_fields(part, data, s, hend, digest, is_message)
+    boundary = _boundary(part)
+    if term is not None and boundary is not None:
+        # That line may be this multipart's own first delimiter, when the parent's
+        # boundary is a prefix of ours ("--=_b" vs "--=_b_alt"): the longer wins.
+        own = b"--" + boundary
+        if len(own) >= len(stack[term[2]]) and data.startswith(own, limit):
+            term = None
+            hend, bs = _header_end(data, s, end)
+            part = MessageStructure() if is_message else Part()
+            part.header_start = s
+            _header_fields(part, data, s, hend, digest, is_message)
+            boundary = _boundary(part)
     part.header_end = part.body_start = bs
-    fields = {}
-    for name, value in _FIELD.findall(data, s, hend):
-        name = name.lower()
-        if name not in fields:
-            fields[name] = value
-    if is_message:
-        get = fields.get
-        part.env = tuple(None if v is None else _unfold(v)
-                         for v in [get(f) for f in _ENV_FIELDS])
-    if digest and b"content-type" not in fields:
-        part.type, part.subtype = _MESSAGE, _RFC822
-    for name in fields:
-        if name.startswith(b"content-"):
-            _content_fields(part, fields)
-            break
-
     kind = part.type
-    boundary = None
-    if kind == _MULTIPART:
-        for key, value in part.params:
-            if key == "BOUNDARY":
-                boundary = value
-                break
     nested = depth < MAX_DEPTH and counter[0] < MAX_PARTS
     if kind == _MULTIPART or (kind == _MESSAGE and part.subtype == _RFC822):
         if not nested:
@@ -577,6 +578,8 @@ def _parse_part(data, s, end, stack, digest, depth, counter, is_message):
         children = []
         child_digest = part.subtype == "DIGEST"
         while not term[3]:
+            if term[1] == end and data[end - 1:end] != b"\n":
+                break           # a delimiter line cut off at the end: no part follows
             child, term = _parse_part(data, term[1], end, inner, child_digest,
                                       depth + 1, counter, False)
             children.append(child)
@@ -592,7 +595,7 @@ def _parse_part(data, s, end, stack, digest, depth, counter, is_message):
         return part, term
     if kind == _MULTIPART:
         # No boundary: the whole body becomes one text/plain child.
-        term = _find_delimiter(data, bs, end, stack)
+        term = following
         _set_body_end(part, data, term, end, hend)
         part.children = [_synthetic_child(data, part.body_start, part.body_end)]
         return part, term
@@ -603,7 +606,7 @@ def _parse_part(data, s, end, stack, digest, depth, counter, is_message):
         part.lines = data.count(b"\n", bs, part.body_end)
         return part, term
 
-    term = _find_delimiter(data, bs, end, stack)
+    term = following
     _set_body_end(part, data, term, end, hend)
     if kind == _MESSAGE and part.subtype == _RFC822:
         part.message = _empty_message(part.body_end)
@@ -611,6 +614,46 @@ def _parse_part(data, s, end, stack, digest, depth, counter, is_message):
     elif kind == _TEXT:
         part.lines = data.count(b"\n", part.body_start, part.body_end)
     return part, term
+
+
+def _header_fields(part, data, s, hend, digest, is_message):
+    """Read the header fields in data[s:hend] into ``part``."""
+    fields = {}
+    repeated = None
+    for name, value in _FIELD.findall(data, s, hend):
+        name = name.lower()
+        if name not in fields:
+            fields[name] = value
+        elif name in _ADDRESS_NAMES:
+            if repeated is None:
+                repeated = {}
+            repeated.setdefault(name, [fields[name]]).append(value)
+    if is_message:
+        get = fields.get
+        part.env = tuple(None if v is None else _unfold(v)
+                         for v in [get(f) for f in _ENV_FIELDS])
+        if repeated:
+            # A repeated address field (two To: lines) counts with all its addresses,
+            # as in Dovecot; for the other fields the first occurrence counts.
+            env = list(part.env)
+            for name, values in repeated.items():
+                joined = b", ".join(v for v in (_unfold(x) for x in values) if v)
+                env[_ENV_FIELDS.index(name)] = joined
+            part.env = tuple(env)
+    if digest and b"content-type" not in fields:
+        part.type, part.subtype = _MESSAGE, _RFC822
+    for name in fields:
+        if name.startswith(b"content-"):
+            _content_fields(part, fields)
+            break
+
+
+def _boundary(part):
+    if part.type == _MULTIPART:
+        for key, value in part.params:
+            if key == "BOUNDARY":
+                return value or None
+    return None
 
 
 def _set_body_end(part, data, term, end, hend):
@@ -665,7 +708,7 @@ def _content_fields(part, fields):
             rest = ct[m.end():]
         else:
             rest = ct
-        if b";" in rest:
+        if b"=" in rest:
             part.params = _parse_params(rest)
     value = get(b"content-transfer-encoding")
     if value is not None:
@@ -678,7 +721,7 @@ def _content_fields(part, fields):
         if m is not None:
             part.disposition = _upper(m.group(1))
             rest = value[m.end():]
-            if b";" in rest:
+            if b"=" in rest:
                 part.disposition_params = _parse_params(rest)
     value = get(b"content-id")
     if value is not None:

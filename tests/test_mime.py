@@ -9,6 +9,7 @@ HEADER + TEXT is the message, HEADER.FIELDS ends with the blank line.
 import os
 import random
 import re
+import time
 
 from twisted.trial import unittest
 
@@ -475,6 +476,15 @@ class EnvelopeTests(unittest.TestCase):
                          b' (("Q \\" N" NIL "q" "r")) (("Q \\" N" NIL "q" "r")) NIL NIL NIL NIL'
                          b' "<a@b>")')
 
+    def test_repeated_fields(self):
+        # Repeated address fields count with all their addresses (as Dovecot does);
+        # for the other fields the first occurrence counts.
+        ms = MessageStructure.parse(b"To: a@b\r\nSubject: one\r\nTo: c@d, e@f\r\nCc: \r\n"
+                                    b"Cc: g@h\r\nSubject: two\r\n\r\n")
+        self.assertEqual(ms.envelope(),
+                         b'(NIL "one" NIL NIL NIL ((NIL NIL "a" "b")(NIL NIL "c" "d")'
+                         b'(NIL NIL "e" "f")) ((NIL NIL "g" "h")) NIL NIL NIL)')
+
     def test_sender_and_reply_to(self):
         ms = MessageStructure.parse(b"From: a@b\r\nSender: s@b\r\nReply-To:\r\n\r\n")
         env = parse_imap(ms.envelope())
@@ -588,6 +598,37 @@ class DecodingTests(unittest.TestCase):
         self.assertIn("Body of a long thread.", ms.text(data))
 
 
+class ParameterTests(unittest.TestCase):
+
+    def params(self, value):
+        data = b"Content-Type: text/plain" + value + b"\r\n\r\nx"
+        return MessageStructure.parse(data).params
+
+    def test_lenient_parameters(self):
+        self.assertEqual(self.params(b";charset=utf-8;format=flowed"),
+                         (("CHARSET", b"utf-8"), ("FORMAT", b"flowed")))
+        self.assertEqual(self.params(b"; charset=utf-8 format=flowed"),      # ";" missing
+                         (("CHARSET", b"utf-8"), ("FORMAT", b"flowed")))
+        self.assertEqual(self.params(b" charset=utf-8"), (("CHARSET", b"utf-8"),))
+        self.assertEqual(self.params(b'; name="a;b \\"c\\""; x=1'),
+                         (("NAME", b'a;b "c"'), ("X", b"1")))
+        self.assertEqual(self.params(b"; name=my file.pdf; size=3"),           # unquoted blanks
+                         (("NAME", b"my file.pdf"), ("SIZE", b"3")))
+        self.assertEqual(self.params(b'; name="unterminated'), (("NAME", b"unterminated"),))
+        self.assertEqual(self.params(b" (comment) ; x=y (another)"), (("X", b"y"),))
+        self.assertEqual(self.params(b"; title*0=\"a \"; title*1=b; title*2*=%41"),
+                         (("TITLE*", b"''a%20b%41"),))
+        self.assertEqual(self.params(b"; title*1=b; title*0=a"), (("TITLE", b"ab"),))
+
+    def test_invalid_content_type(self):
+        ms = MessageStructure.parse(b"Content-Type: text; charset=koi8-r\r\n\r\nx")
+        self.assertEqual((ms.type, ms.subtype, ms.params), ("TEXT", "PLAIN", (("CHARSET", b"koi8-r"),)))
+        ms = MessageStructure.parse(b"Content-Type: \xff/\xfe\r\n\r\nx")
+        self.assertEqual((ms.type, ms.subtype, ms.params), ("TEXT", "PLAIN", ()))
+        ms = MessageStructure.parse(b"Content-Transfer-Encoding: (c)\r\n\r\nx")
+        self.assertEqual(ms.encoding, "7BIT")
+
+
 class RobustnessTests(unittest.TestCase):
 
     def test_damaged_copies(self):
@@ -637,6 +678,26 @@ class RobustnessTests(unittest.TestCase):
             inner = b"Content-Type: message/rfc822\r\n\r\n" + inner
         ms = MessageStructure.parse(inner)
         parse_imap(ms.bodystructure(True))
+
+    def test_delimiter_cut_off_at_the_end(self):
+        data = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\none\r\n--b"
+        ms = MessageStructure.parse(data)
+        self.assertEqual(len(ms.children), 1)
+        self.assertEqual(ms.section(data, "1"), b"one")
+        ms = MessageStructure.parse(data + b"\r\n")      # a whole delimiter line: one more part
+        self.assertEqual(len(ms.children), 2)
+        self.assertEqual(ms.section(data + b"\r\n", "2"), b"")
+
+    def test_header_only_parts_before_a_big_body(self):
+        # Each part's search for its blank line stops at the next delimiter: this took
+        # minutes when every part scanned the rest of the message.
+        data = (b"Content-Type: multipart/mixed; boundary=X\r\n\r\n" + b"--X\r\nA: b\r\n" * 5000
+                + b"--X\r\n\r\n" + b"x" * 4000000 + b"\r\n--X--\r\n")
+        start = time.perf_counter()
+        ms = MessageStructure.parse(data)
+        self.assertLess(time.perf_counter() - start, 3.0)
+        self.assertEqual(len(ms.children), 5001)
+        self.assertEqual(ms.section(data, "1.MIME"), b"A: b")
 
     def test_many_parts(self):
         data = (b"Content-Type: multipart/mixed; boundary=p\r\n\r\n"
