@@ -394,7 +394,11 @@ class IMAPServer(imap4.IMAP4Server):
             self._command_line(line)
 
     def _too_long(self):
-        tag = self._head[0] if self._head else "*"
+        if self._head:
+            tag = self._head[0]
+        else:
+            word = self._buf[:100].split(b" ", 1)[0]
+            tag = word.decode("ascii") if 0 < len(word) < 100 and word.isalnum() else "*"
         self._write_now(tag.encode() + b" BAD Command line too long\r\n"
                         b"* BYE Command line too long\r\n")
         self.log.info("imap closing client={client}: command line too long", client=self.client)
@@ -524,7 +528,7 @@ class IMAPServer(imap4.IMAP4Server):
             if result is _HANDLED:
                 return
             if isinstance(result, tuple):
-                code, text = result
+                code, text = result[0], result[1] or text
             elif result is not None:
                 text = result
         except Bad as e:
@@ -1327,8 +1331,8 @@ class IMAPServer(imap4.IMAP4Server):
             expunged = await _maybe(folder.expunge())
         self._report_expunged(list(expunged))
         if self.qresync:
-            return "HIGHESTMODSEQ %d" % folder.highestmodseq, "Expunge completed"
-        return "Expunge completed"
+            return "HIGHESTMODSEQ %d" % folder.highestmodseq, None
+        return None
 
     async def cmd_UID(self, tag, args):
         if not args or not isinstance(args[0], Atom) or args[0].upper() not in _UID_COMMANDS:
@@ -1355,7 +1359,7 @@ class IMAPServer(imap4.IMAP4Server):
         if not uids:
             if self.folder.readonly:
                 raise No("Mailbox is read-only")
-            return "Expunge completed"
+            return None
         return await self._expunge(uids)
 
     # FETCH ----------------------------------------------------------------------------
