@@ -1,0 +1,1 @@
+"""jdmail's benchmark harness: ``bench/run WORKLOAD [options]`` (see bench/README.md)."""

@@ -1,0 +1,7 @@
+"""``python -m bench`` (what bench/run executes)."""
+
+import sys
+
+from bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,306 @@
+"""The IMAP benchmark: jdmail and Dovecot side by side on identical generated mailboxes.
+
+Workloads, each run against every server in turn (the order alternates from
+round to round), ``--rounds`` times; the table shows medians:
+
+* mixed load: ``--clients`` sessions loop over a fixed mix of SELECT, FETCH
+  headers, FETCH bodies, STORE flags, SEARCH, APPEND, STORE \\Deleted +
+  EXPUNGE for ``--seconds`` -> operations/s, latency, server CPU per 1,000 ops;
+* the ``--big`` mailbox: SELECT, ``UID FETCH 1:* (FLAGS)`` and
+  ``SEARCH UNSEEN`` latency on a fresh session (plus the very first SELECT,
+  when the server still has to build its index);
+* memory: ``--idle`` logged-in sessions (SELECT INBOX, then IDLE when
+  offered) -> RSS and PSS of all the server's processes minus the baseline.
+"""
+
+import asyncio
+import math
+import os
+import random
+import sys
+import time
+
+from bench import imapload, maildata, servers
+from bench.report import Row
+
+PASSWORD = "bench-Passw0rd"
+DOMAIN = "example.org"
+
+
+def say(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def password_hash(scheme, password):
+    if scheme == "PLAIN":
+        return "{PLAIN}" + password
+    if scheme == "SHA512-CRYPT":
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt
+        return "{SHA512-CRYPT}" + crypt.crypt(password, crypt.mksalt(crypt.METHOD_SHA512))
+    from jdmail.passwords import hash_password
+    return hash_password(password, scheme)
+
+
+def generate_mail(args, targets, users, big_user, idle_users):
+    """Write every mailbox once into the first server's tree and hard-link it into the others'."""
+    t0 = time.monotonic()
+    factory = maildata.MessageFactory(args.seed)
+    first = targets[0]
+    w = maildata.MaildirWriter(factory, seed=args.seed)
+    for u in users:
+        w.fill(first.maildir(u), u, args.messages, big_share=0.05)
+    if big_user:
+        w.fill(first.maildir(big_user), big_user, args.big, big_share=0.01)
+    if idle_users:
+        template = os.path.join(first.root, "idle-template", "Maildir")
+        w.fill(template, idle_users[0], 20, big_share=0.0)
+        for u in idle_users:
+            maildata.link_tree(template, first.maildir(u))
+    for other in targets[1:]:
+        maildata.link_tree(first.mailroot, other.mailroot)
+    for t in targets:
+        t.prepare_mail()
+    say(f"generated {w.files} messages ({w.bytes / 1e6:.0f} MB) in {time.monotonic() - t0:.1f}s"
+        + (f", hard-linked for {len(targets) - 1} more server(s)" if len(targets) > 1 else ""))
+    return {"files": w.files, "bytes": w.bytes, "seconds": time.monotonic() - t0}
+
+
+def append_messages(args):
+    factory = maildata.MessageFactory(args.seed + 1)
+    rng = random.Random(args.seed)
+    return [factory.make(rng, "user1@example.org", 1_700_000_000 + i, big_share=0.0) for i in range(32)]
+
+
+async def _warm(port, addresses, concurrency=16, timeout=120):
+    sem = asyncio.Semaphore(concurrency)
+    errors = []
+
+    async def one(a):
+        async with sem:
+            try:
+                c = await imapload.Client.connect(port, timeout)
+                await asyncio.wait_for(c.login(a, PASSWORD), timeout)
+                await asyncio.wait_for(c.command(b"SELECT INBOX"), timeout)
+                await c.logout()
+            except Exception as e:   # noqa: BLE001
+                errors.append(f"{a}: {e!r}")
+    await asyncio.gather(*(one(a) for a in addresses))
+    return errors
+
+
+def run_mixed(srv, args, users, appends, round_no):
+    pid = srv.pid()
+    r = asyncio.run(imapload.mixed_load(
+        srv.port, users, PASSWORD, args.clients, args.seconds, appends, seed=f"{args.seed}:{round_no}:{srv.name}",
+        probe=lambda: (servers.tree_cpu_seconds(pid), servers.system_busy_seconds())))
+    (cpu0, busy0), (cpu1, busy1) = r.pop("probe")
+    busy = busy1 - busy0
+    r["server_cpu_s"] = cpu1 - cpu0
+    r["server_cpu_per_1000_ops"] = 1000 * r["server_cpu_s"] / r["ops"] if r["ops"] else None
+    # CPU the rest of the machine used meanwhile (other programs): a noisy run shows here
+    r["other_cpu_share"] = max(0.0, busy - r["server_cpu_s"] - r["generator_cpu_s"]) / r["seconds"] if r["seconds"] else None
+    r["loadavg"] = servers.loadavg()
+    return r
+
+
+def run_idle(srv, args, idle_users):
+    pid = srv.pid()
+    base = servers.tree_memory(pid)
+
+    async def go():
+        clients, secs, errors = await imapload.open_idle(srv.port, idle_users, PASSWORD, args.idle,
+                                                         idle_cmd=not args.no_idle_command)
+        await asyncio.sleep(2.0)
+        samples = []
+        for _ in range(3):
+            samples.append(servers.tree_memory(pid))
+            await asyncio.sleep(0.5)
+        idling = sum(1 for c in clients if getattr(c, "idling", False))
+        await imapload.close_all(clients)
+        return len(clients), secs, errors, samples, idling
+
+    opened, secs, errors, samples, idling = asyncio.run(go())
+    peak = max(samples, key=lambda m: m["rss"])
+    # let the server settle back before the next workload (bounded)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and servers.tree_memory(pid)["processes"] > base["processes"]:
+        time.sleep(0.2)
+    return {
+        "opened": opened, "login_seconds": secs, "errors": errors[:5], "error_count": len(errors),
+        "idling": idling, "baseline": base, "loaded": peak,
+        "rss_delta": peak["rss"] - base["rss"], "pss_delta": peak["pss"] - base["pss"],
+        "rss_per_conn": (peak["rss"] - base["rss"]) / opened if opened else None,
+        "pss_per_conn": (peak["pss"] - base["pss"]) / opened if opened else None,
+    }
+
+
+def run(args, tmp):
+    nofile = servers.raise_nofile(max(4096, 2 * args.idle + 1024))
+    if args.idle and nofile < args.idle + 256:
+        say(f"RLIMIT_NOFILE is {nofile}: --idle lowered to {nofile - 256}")
+        args.idle = max(0, nofile - 256)
+    users = [f"user{i}@{DOMAIN}" for i in range(1, args.users + 1)]
+    big_user = f"big@{DOMAIN}" if args.big else None
+    idle_users = ([f"idle{i}@{DOMAIN}" for i in range(1, math.ceil(args.idle / max(1, args.idle_per_user)) + 1)]
+                  if args.idle else [])
+    everyone = users + ([big_user] if big_user else []) + idle_users
+    hashed = password_hash(args.hash, PASSWORD)
+    max_conn = args.idle + args.clients + 200
+
+    targets = []
+    for name in args.servers:
+        root = os.path.join(tmp, name)
+        os.makedirs(root)
+        if name == "jdmail":
+            targets.append(servers.Jdmail(root, max_connections=max_conn, settings=args.jdmail_settings))
+        else:
+            targets.append(servers.Dovecot(root, max_connections=max_conn))
+    status = {}
+    result = {"benchmark": "imap", "params": {
+        "clients": args.clients, "users": args.users, "seconds": args.seconds, "messages": args.messages,
+        "big": args.big, "idle": args.idle, "idle_per_user": args.idle_per_user, "rounds": args.rounds,
+        "hash": args.hash, "mix": list(imapload.MIX), "servers": args.servers, "smoke": args.smoke,
+        "jdmail_settings": args.jdmail_settings}}
+    running = []
+    try:
+        for t in targets:
+            t.setup([(a, hashed) for a in everyone])
+        result["mail"] = generate_mail(args, targets, users, big_user, idle_users)
+        for t in targets:
+            try:
+                t.start(nofile)
+                running.append(t)
+                status[t.name] = {"status": "ok", "version": t.version, "greeting": t.greeting}
+                say(f"{t.label} listening on 127.0.0.1:{t.port}")
+            except servers.NotServed as e:
+                t.stop()
+                status[t.name] = {"status": "IMAP not served", "version": t.version}
+                say(str(e))
+            except servers.ServerError as e:
+                t.stop()
+                status[t.name] = {"status": f"failed to start: {str(e).splitlines()[0]}", "version": t.version,
+                                  "log": str(e)[-3000:]}
+                say(f"{t.label} failed to start: {e}")
+        result["servers"] = status
+        result["order"] = [t.name for t in targets]
+        result["labels"] = {t.name: t.label for t in targets}
+        details = {t.name: {"mixed": [], "big": [], "idle": [], "errors": []} for t in running}
+        result["details"] = details
+        if not running:
+            result["rows"] = []
+            if args.smoke and status.get("jdmail", {}).get("status") == "IMAP not served":
+                result["exit"] = 0
+            else:
+                result["exit"] = 1
+            return result
+
+        # warm-up: every mailbox selected once (index files built), then the cold big SELECT
+        for t in running:
+            t0 = time.monotonic()
+            errs = asyncio.run(_warm(t.port, users + idle_users))
+            if errs:
+                details[t.name]["errors"].append(f"warm-up: {len(errs)} failed, e.g. {errs[0]}")
+                say(f"{t.label}: warm-up: {len(errs)} sessions failed, e.g. {errs[0]}")
+            say(f"{t.label}: warm-up of {len(users) + len(idle_users)} mailboxes in {time.monotonic() - t0:.1f}s")
+        if big_user:
+            for t in running:
+                try:
+                    cold = imapload.big_mailbox(t.port, big_user, PASSWORD, args.big)
+                    details[t.name]["big_cold"] = cold
+                    say(f"{t.label}: {args.big}-message mailbox, first SELECT {cold['select_ms']:.0f} ms, "
+                        f"UID FETCH 1:* (FLAGS) {cold['fetch_flags_ms']:.0f} ms, SEARCH UNSEEN {cold['search_unseen_ms']:.0f} ms")
+                except Exception as e:   # noqa: BLE001
+                    details[t.name]["errors"].append(f"big mailbox (cold): {e!r}")
+                    say(f"{t.label}: big mailbox (cold) failed: {e!r}")
+
+        appends = append_messages(args)
+        for rnd in range(args.rounds):
+            order = running if rnd % 2 == 0 else list(reversed(running))
+            for t in order:
+                try:
+                    m = run_mixed(t, args, users, appends, rnd)
+                    details[t.name]["mixed"].append(m)
+                    say(f"round {rnd + 1}/{args.rounds} {t.label}: mixed load {m['ops_per_s']:.0f} ops/s "
+                        f"(p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, NO {m['no']}, BAD {m['bad']}, "
+                        f"server CPU {m['server_cpu_s']:.1f}s, generator CPU {100 * m['generator_cpu_share']:.0f}% of a core, "
+                        f"other programs {100 * m['other_cpu_share']:.0f}% of a core)")
+                    if m["client_errors"]:
+                        say(f"  {len(m['client_errors'])} client(s) failed, e.g. {m['client_errors'][0]}")
+                except Exception as e:   # noqa: BLE001
+                    details[t.name]["errors"].append(f"mixed load round {rnd + 1}: {e!r}")
+                    say(f"round {rnd + 1} {t.label}: mixed load failed: {e!r}")
+            if big_user:
+                for t in order:
+                    try:
+                        b = imapload.big_mailbox(t.port, big_user, PASSWORD, None)
+                        details[t.name]["big"].append(b)
+                        say(f"round {rnd + 1}/{args.rounds} {t.label}: big mailbox SELECT {b['select_ms']:.0f} ms, "
+                            f"UID FETCH 1:* (FLAGS) {b['fetch_flags_ms']:.0f} ms, SEARCH UNSEEN {b['search_unseen_ms']:.0f} ms")
+                    except Exception as e:   # noqa: BLE001
+                        details[t.name]["errors"].append(f"big mailbox round {rnd + 1}: {e!r}")
+                        say(f"round {rnd + 1} {t.label}: big mailbox failed: {e!r}")
+            if args.idle:
+                for t in order:
+                    try:
+                        i = run_idle(t, args, idle_users)
+                        details[t.name]["idle"].append(i)
+                        say(f"round {rnd + 1}/{args.rounds} {t.label}: {i['opened']} idle sessions "
+                            f"({i['idling']} in IDLE) in {i['login_seconds']:.1f}s: +{i['rss_delta'] / 2**20:.0f} MB RSS, "
+                            f"+{i['pss_delta'] / 2**20:.0f} MB PSS over {i['loaded']['processes']} processes"
+                            + (f"; {i['error_count']} failed, e.g. {i['errors'][0]}" if i["error_count"] else ""))
+                    except Exception as e:   # noqa: BLE001
+                        details[t.name]["errors"].append(f"idle round {rnd + 1}: {e!r}")
+                        say(f"round {rnd + 1} {t.label}: idle connections failed: {e!r}")
+        result["rows"] = rows(args, details)
+        failed = any(details[t.name]["errors"] for t in running)
+        result["exit"] = 1 if failed else 0
+        return result
+    finally:
+        for t in targets:
+            t.stop()
+
+
+def _med(details, name, part, key):
+    vals = [d.get(key) for d in details.get(name, {}).get(part, []) if d.get(key) is not None]
+    return imapload.median(vals), vals
+
+
+def rows(args, details):
+    """The table: one Row per figure with each server's median and its rounds."""
+    spec = [
+        ("mixed_ops_per_s", f"mixed load, {args.clients} clients, {args.seconds:g}s", "ops/s", "higher", "mixed", "ops_per_s", 1),
+        ("mixed_p50_ms", "  latency p50", "ms", "lower", "mixed", "p50_ms", 1),
+        ("mixed_p99_ms", "  latency p99", "ms", "lower", "mixed", "p99_ms", 1),
+        ("mixed_cpu_per_1000", "  server CPU per 1,000 ops", "s", "lower", "mixed", "server_cpu_per_1000_ops", 1),
+        ("mixed_generator_cpu", "  load generator CPU", "% core", None, "mixed", "generator_cpu_share", 100),
+        ("mixed_other_cpu", "  other programs' CPU meanwhile", "% core", None, "mixed", "other_cpu_share", 100),
+    ]
+    if args.big:
+        spec += [
+            ("big_select_cold_ms", f"{args.big:,}-msg mailbox: first SELECT (cold)", "ms", "lower", "big_cold", "select_ms", 1),
+            ("big_select_ms", f"{args.big:,}-msg mailbox: SELECT", "ms", "lower", "big", "select_ms", 1),
+            ("big_fetch_flags_ms", "  UID FETCH 1:* (FLAGS)", "ms", "lower", "big", "fetch_flags_ms", 1),
+            ("big_search_unseen_ms", "  SEARCH UNSEEN", "ms", "lower", "big", "search_unseen_ms", 1),
+        ]
+    if args.idle:
+        spec += [
+            ("idle_rss_mb", f"{args.idle:,} idle sessions: RSS (sum, minus baseline)", "MB", "lower", "idle", "rss_delta", 1 / 2**20),
+            ("idle_pss_mb", "  PSS (shared pages split)", "MB", "lower", "idle", "pss_delta", 1 / 2**20),
+            ("idle_rss_kb_per_conn", "  RSS per session", "KB", "lower", "idle", "rss_per_conn", 1 / 1024),
+            ("idle_login_s", "  time to log them all in", "s", "lower", "idle", "login_seconds", 1),
+        ]
+    out = []
+    for key, label, unit, better, part, field, scale in spec:
+        row = Row(key, label, unit, better)
+        for name, d in details.items():
+            if part == "big_cold":
+                v = d.get("big_cold", {}).get(field)
+                row.add(name, v * scale if v is not None else None, [v * scale] if v is not None else [])
+            else:
+                med, vals = _med(details, name, part, field)
+                row.add(name, med * scale if med is not None else None, [v * scale for v in vals])
+        out.append(row.as_dict())
+    return out
