@@ -85,8 +85,16 @@ CORE_SCHEMA = {
         "timeout": Option.duration(default=600.0, help="idle time allowed (RFC 1939: at least 10m)"),
     },
     "pop3s": {"listen": Option.list(default=["tcp:995"], help="Twisted endpoint strings; empty disables")},
-    "imap": {"listen": Option.list(default=["tcp:143"], help="Twisted endpoint strings (IMAP is not served yet)")},
-    "imaps": {"listen": Option.list(default=["tcp:993"], help="Twisted endpoint strings (IMAP is not served yet)")},
+    "imap": {
+        "listen": Option.list(default=["tcp:143"], help="Twisted endpoint strings (STARTTLS); empty disables"),
+        "banner": Option.str(default="jdmail IMAP4rev1 Service ready", help="greeting text after * OK"),
+        "max_connections": Option.int(default=500, help="IMAP connections at once, all listeners"),
+        "max_connections_per_ip": Option.int(default=10, help="IMAP connections at once from one client IP"),
+        "max_connections_per_user": Option.int(default=10, help="logged-in IMAP sessions at once of one user"),
+        "timeout": Option.duration(default=1800.0, help="idle time allowed after login (RFC 3501: at least 30m)"),
+        "login_timeout": Option.duration(default=60.0, help="idle time allowed before login"),
+    },
+    "imaps": {"listen": Option.list(default=["tcp:993"], help="Twisted endpoint strings (implicit TLS); empty disables")},
     "directory": {"type": Option.str(default="sqlite", help="the user directory: a directory plugin's kind")},
     "store": {"type": Option.str(default="maildir", help="the message store: a store plugin's kind")},
     "filters": {
@@ -100,7 +108,8 @@ CORE_SCHEMA = {
 # Values where 0 would refuse everything or time out at once.
 POSITIVE = (("smtp", "max_message_size"), ("smtp", "max_recipients"), ("smtp", "max_hops"),
             ("smtp", "max_line_length"), ("smtp", "command_timeout"), ("smtp", "data_timeout"),
-            ("filters", "timeout"))
+            ("filters", "timeout"), ("imap", "login_timeout"))
+MIN_IMAP_TIMEOUT = 30 * 60.0        # RFC 3501 5.4: the autologout timer is at least 30 minutes
 
 # Sections whose keys beyond "type" belong to the chosen component.
 COMPONENT_SECTIONS = {"directory": "directory", "store": "store"}
@@ -244,6 +253,11 @@ def load(path=None, registry=None, datadir=None):
         if sections[section][name] <= 0:
             shown = f"{text.strip()!r}: " if text is not None else ""
             errors.append(ConfigError(f"{shown}must be more than 0", label, section, name))
+
+    if sections["imap"]["timeout"] < MIN_IMAP_TIMEOUT:
+        text = raw.get("imap", {}).get("timeout", "")
+        errors.append(ConfigError(f"{text.strip()!r}: must be at least 30m (RFC 3501 5.4)", label, "imap",
+                                  "timeout"))
 
     plugin_dirs = []
     for d in core["plugin_dirs"]:

@@ -18,6 +18,7 @@ from jdmail.config import LISTENER_SECTIONS
 from jdmail.delivery.local import LocalDelivery
 from jdmail.errors import ConfigError, ConfigErrors
 from jdmail.filters.chain import FilterChain
+from jdmail.imap.server import IMAPFactory
 from jdmail.limits import ConnectionCounter
 from jdmail.pop3.server import POP3Factory
 from jdmail.services import Services
@@ -257,15 +258,23 @@ def make_service(config, reactor):
     smtp_counter = ConnectionCounter()
     pop3_counter = ConnectionCounter()
     pop3_locks = set()          # pop3 and pop3s: one session per mailbox over both
+    imap_counter = ConnectionCounter()     # imap and imaps: the limits cover both
+    imap_users = ConnectionCounter()
     listeners = []
     for section, (_default, implicit_tls, proto) in LISTENER_SECTIONS.items():
         descriptions = config[section]["listen"]
         if not descriptions:
             continue
         if proto == "imap":
-            log.info("[{section}] listen is set, but IMAP is not served by this version of jdmail", section=section)
-            continue
-        if proto == "smtp":
+            settings = dict(config["imap"])
+            settings.update(allow_plaintext=config["auth"]["allow_plaintext"],
+                            fail_delay=config["auth"]["fail_delay"],
+                            max_failures=config["auth"]["max_failures"],
+                            max_message_size=config["smtp"]["max_message_size"],
+                            tls_context=context, implicit_tls=implicit_tls,
+                            counter=imap_counter, user_counter=imap_users)
+            factory = IMAPFactory(services, portal, settings)
+        elif proto == "smtp":
             listener = Listener(section, implicit_tls, config[section]["require_auth"])
             factory = SMTPFactory(services, listener, smtp_counter, delivery, filters, portal, context, reactor)
         else:
