@@ -335,7 +335,9 @@ class Dovecot:
             users_conf = ""
             login_extra = ""
         else:   # unprivileged: every process runs as us, no chroot
-            users_conf = f"default_login_user = {self.user}\ndefault_internal_user = {self.user}\n"
+            group = grp.getgrgid(self.gid).gr_name
+            users_conf = (f"default_login_user = {self.user}\ndefault_internal_user = {self.user}\n"
+                          f"default_internal_group = {group}\n")
             login_extra = "  chroot =\n"
         n = self.max_connections + 100
         with open(self.conf, "w") as f:
