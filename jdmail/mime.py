@@ -543,24 +543,14 @@ def _parse_part(data, s, end, stack, digest, depth, counter, is_message):
     counter[0] += 1
     part = MessageStructure() if is_message else Part()
     part.header_start = s
-    # The next delimiter of an enclosing multipart bounds the part: a leaf's body
-    # ends there, and the search for the blank line stops there.
-    following = _find_delimiter(data, s, end, stack)
-    limit = end if following is None else following[0]
-    hend, bs = _header_end(data, s, limit)
-    term = None
-    if following is not None and bs >= limit:
-        # No blank line before the delimiter: a header-only part (the line break
-        # before the delimiter belongs to the delimiter).
-        hend = bs = _eol_before(data, limit, s)
-        term = following
+    hend, bs, term = _header_block(data, s, end, stack)
     _header_fields(part, data, s, hend, digest, is_message)
     boundary = _boundary(part)
     if term is not None and boundary is not None:
         # That line may be this multipart's own first delimiter, when the parent's
         # boundary is a prefix of ours ("--=_b" vs "--=_b_alt"): the longer wins.
         own = b"--" + boundary
-        if len(own) >= len(stack[term[2]]) and data.startswith(own, limit):
+        if len(own) >= len(stack[term[2]]) and data.startswith(own, term[0]):
             term = None
             hend, bs = _header_end(data, s, end)
             part = MessageStructure() if is_message else Part()
@@ -612,7 +602,7 @@ def _parse_part(data, s, end, stack, digest, depth, counter, is_message):
         return part, term
     if kind == _MULTIPART:
         # No boundary: the whole body becomes one text/plain child.
-        term = following
+        term = _find_delimiter(data, bs, end, stack)
         _set_body_end(part, data, term, end, hend)
         part.children = [_synthetic_child(data, part.body_start, part.body_end)]
         return part, term
@@ -623,7 +613,7 @@ def _parse_part(data, s, end, stack, digest, depth, counter, is_message):
         part.lines = data.count(b"\n", bs, part.body_end)
         return part, term
 
-    term = following
+    term = _find_delimiter(data, bs, end, stack)
     _set_body_end(part, data, term, end, hend)
     if kind == _MESSAGE and part.subtype == _RFC822:
         part.message = _empty_message(part.body_end)
@@ -631,6 +621,37 @@ def _parse_part(data, s, end, stack, digest, depth, counter, is_message):
     elif kind == _TEXT:
         part.lines = data.count(b"\n", part.body_start, part.body_end)
     return part, term
+
+
+_HEADER_WINDOW = 65536
+
+
+def _header_block(data, s, end, stack):
+    """Where the header of the part starting at ``s`` ends: (end of the fields,
+    start of the body, delimiter or None).  A delimiter of ``stack`` before the
+    blank line ends a header-only part (the line break before the delimiter
+    belongs to the delimiter); it is returned.  The blank line is looked for
+    in a window first, so that header-only parts before a long body without
+    blank lines do not each scan the rest of the message."""
+    window = s + _HEADER_WINDOW
+    if window < end:
+        hend, bs = _header_end(data, s, window)
+        if bs >= window:                # no blank line near: stop at the next delimiter
+            following = _find_delimiter(data, s, end, stack)
+            limit = end if following is None else following[0]
+            hend, bs = _header_end(data, s, limit)
+            if following is not None and bs >= limit:
+                hend = bs = _eol_before(data, limit, s)
+                return hend, bs, following
+            return hend, bs, None
+    else:
+        hend, bs = _header_end(data, s, end)
+    if stack and hend > s:
+        cut = _find_delimiter(data, s, hend, stack)
+        if cut is not None:
+            hend = bs = _eol_before(data, cut[0], s)
+            return hend, bs, cut
+    return hend, bs, None
 
 
 def _header_fields(part, data, s, hend, digest, is_message):
