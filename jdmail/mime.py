@@ -871,8 +871,9 @@ def _merge_rfc2231(raw):
             pieces = []
             for _, ext, value in segments:
                 pieces.append(value if ext else _percent_encode(value))
-            if not segments[0][1]:
-                pieces.insert(0, b"''")
+            first_index, first_extended, first_value = segments[0]
+            if not first_extended or first_index != 0 or first_value.count(b"'") < 2:
+                pieces.insert(0, b"''")     # no charset'language' prefix: add an empty one
             out.append((base + "*", b"".join(pieces)))
         else:
             out.append((base, b"".join(value for _, _, value in segments)))

@@ -619,6 +619,9 @@ class ParameterTests(unittest.TestCase):
         self.assertEqual(self.params(b"; title*0=\"a \"; title*1=b; title*2*=%41"),
                          (("TITLE*", b"''a%20b%41"),))
         self.assertEqual(self.params(b"; title*1=b; title*0=a"), (("TITLE", b"ab"),))
+        self.assertEqual(self.params(b"; name*1*=%41%42"), (("NAME*", b"''%41%42"),))
+        self.assertEqual(self.params(b"; name*=%41"), (("NAME*", b"''%41"),))
+        self.assertEqual(self.params(b"; name*=utf-8''%41"), (("NAME*", b"utf-8''%41"),))
 
     def test_invalid_content_type(self):
         ms = MessageStructure.parse(b"Content-Type: text; charset=koi8-r\r\n\r\nx")
