@@ -160,6 +160,9 @@ class FakeAccountStore:
         else:
             self.subscribed.discard(name)
 
+    def subscriptions(self):
+        return succeed(sorted(self.subscribed, key=lambda n: (n != "INBOX", n)))
+
     async def status(self, name):
         box = self._get(name)
         msgs = box.messages.values()

@@ -875,6 +875,18 @@ class FolderTests(Base):
         self.assertIn('* LSUB () "/" "Lists"', lines)
         self.assertNotIn('* LSUB () "/" "Junk"', lines)
 
+    def test_subscriptions_of_missing_folders(self):
+        s = self.session()
+        s.cmd("a SUBSCRIBE Gone/Child")
+        self.assertEqual(s.cmd('b LSUB "" Gone*'), ['* LSUB () "/" "Gone/Child"', "b OK Lsub completed"])
+        self.assertEqual(s.cmd('c LSUB "" %'), [
+            '* LSUB () "/" "INBOX"', '* LSUB () "/" "Archive"', '* LSUB () "/" "Drafts"', '* LSUB () "/" "Junk"',
+            '* LSUB () "/" "Sent"', '* LSUB () "/" "Trash"', '* LSUB (\\Noselect) "/" "Gone"', "c OK Lsub completed"])
+        self.assertEqual(s.cmd('d LIST (SUBSCRIBED) "" "G*"'),
+                         ['* LIST (\\NonExistent \\Subscribed) "/" "Gone/Child"', "d OK List completed"])
+        self.assertEqual(s.cmd('e LIST (SUBSCRIBED RECURSIVEMATCH) "" "G%"'),
+                         ['* LIST (\\NonExistent) "/" "Gone" ("CHILDINFO" ("SUBSCRIBED"))', "e OK List completed"])
+
     def test_create_rename_delete(self):
         s = self.session()
         self.assertEqual(s.cmd("a CREATE Projects/"), ["a OK Create completed"])

@@ -1069,47 +1069,73 @@ class IMAPServer(imap4.IMAP4Server):
             return None
         compiled = [listing.compile_pattern(listing.combine(reference, p)) for p in patterns if p]
         folders = await _maybe(self.store.list_folders())
-        by_name = {f.name: f for f in folders}
-        subscribed_below = set()
-        if req.recursive or lsub:
-            for f in folders:
-                if f.subscribed:
-                    parts = f.name.split("/")
+        wants_subscriptions = lsub or req.select_subscribed or req.return_subscribed
+        subscribed = set()
+        if wants_subscriptions:
+            if hasattr(self.store, "subscriptions"):
+                subscribed = set(await _maybe(self.store.subscriptions()))
+            else:
+                subscribed = {f.name for f in folders if f.subscribed}
+        existing = {f.name: f for f in folders}
+        # (name, attributes, extended data) in the order the LIST answer shows them
+        entries = []
+        if lsub:
+            # RFC 3501 6.3.9: subscribed names (existing or not); with "%", a parent of a
+            # subscribed name that matches is shown \Noselect when it is not subscribed itself.
+            shown = set()
+            for name in sorted(subscribed, key=lambda n: (n != "INBOX", n.split("/"))):
+                if any(p.match(name) for p in compiled):
+                    f = existing.get(name)
+                    attrs = {a for a in (f.attributes if f else ()) if a in ("\\Noselect", "\\NoInferiors")}
+                    entries.append((name, attrs, b""))
+                    shown.add(name)
+            for name in sorted(subscribed):
+                if name in shown:
+                    continue
+                parts = name.split("/")
+                for i in range(len(parts) - 1, 0, -1):
+                    parent = "/".join(parts[:i])
+                    if parent not in shown and parent not in subscribed and any(p.match(parent) for p in compiled):
+                        entries.append((parent, {"\\Noselect"}, b""))
+                        shown.add(parent)
+        else:
+            subscribed_below = set()
+            if req.recursive:
+                for name in subscribed:
+                    parts = name.split("/")
                     for i in range(1, len(parts)):
                         subscribed_below.add("/".join(parts[:i]))
+            names = [f.name for f in folders]
+            if req.select_subscribed:
+                names += sorted(n for n in subscribed | subscribed_below if n not in existing)
+            for name in names:
+                if not any(p.match(name) for p in compiled):
+                    continue
+                f = existing.get(name)
+                attrs = set(f.attributes) if f is not None else {"\\NonExistent"}
+                extra = b""
+                if req.select_subscribed and name not in subscribed:
+                    if req.recursive and name in subscribed_below:
+                        extra = b' ("CHILDINFO" ("SUBSCRIBED"))'
+                    else:
+                        continue
+                if req.select_special_use and not (attrs & _SPECIAL_USE):
+                    continue
+                if name in subscribed:
+                    attrs.add("\\Subscribed")
+                entries.append((name, attrs, extra))
         status_items = None
         if req.status_items is not None:
             status_items = self._status_items(req.status_items)
         lines = []
         statuses = []
-        for f in folders:
-            if not any(p.match(f.name) for p in compiled):
-                continue
-            attrs = set(f.attributes)
-            extra = b""
-            if lsub:
-                if not f.subscribed:
-                    continue
-                attrs = {a for a in attrs if a in ("\\Noselect", "\\NoInferiors")}
-            else:
-                if req.select_subscribed and not f.subscribed:
-                    if req.recursive and f.name in subscribed_below:
-                        extra = b' ("CHILDINFO" ("SUBSCRIBED"))'
-                        attrs = set()
-                    else:
-                        continue
-                if req.select_special_use and not (attrs & _SPECIAL_USE):
-                    continue
-                if f.subscribed and (req.select_subscribed or req.return_subscribed):
-                    attrs.add("\\Subscribed")
-            attr_text = " ".join(sorted(attrs, key=lambda a: (a not in ("\\Noselect", "\\HasChildren",
-                                                                          "\\HasNoChildren"), a)))
-            lines.append(b"* " + word + b" (" + attr_text.encode() + b') "/" ' + mailbox_out(f.name)
+        order = ("\\NonExistent", "\\Noselect", "\\HasChildren", "\\HasNoChildren")
+        for name, attrs, extra in entries:
+            attr_text = " ".join(sorted(attrs, key=lambda a: (a not in order, a)))
+            lines.append(b"* " + word + b" (" + attr_text.encode() + b') "/" ' + mailbox_out(name)
                          + extra + b"\r\n")
-            if status_items is not None and "\\Noselect" not in attrs and "\\NonExistent" not in attrs \
-                    and not extra:
-                statuses.append((len(lines), f.name))
-        del by_name
+            if status_items is not None and not extra and not attrs & {"\\Noselect", "\\NonExistent"}:
+                statuses.append((len(lines), name))
         if status_items is None:
             self._send(b"".join(lines))
             return None
