@@ -254,6 +254,15 @@ class FramingTests(Base):
         tags = [line.split()[0] for line in out.split("\r\n") if line and not line.startswith("*")]
         self.assertEqual(tags, ["a", "b", "c", "d"])
 
+    def test_pipelined_responses_in_one_write(self):
+        s = self.selected()
+        writes = []
+        original = s.transport.write
+        s.transport.write = lambda data: (writes.append(data), original(data))
+        s.send("a NOOP\r\nb FETCH 1:3 (FLAGS)\r\nc UID SEARCH ALL\r\n")
+        self.assertEqual(len(writes), 1)
+        self.assertTrue(writes[0].endswith(b"c OK UID Search completed\r\n"))
+
     def test_negative_literal(self):
         s = self.session()
         self.assertEqual(s.cmd("a LOGIN {-1}"), ["a BAD Invalid literal size"])

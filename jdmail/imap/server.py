@@ -198,7 +198,8 @@ class IMAPServer(imap4.IMAP4Server):
         self.factory = factory
         self.state = NOT_AUTH
         self.client = "?"
-        self._buf = b""
+        self._buf = bytearray()     # input not yet consumed starts at _bufpos
+        self._bufpos = 0
         self._parts = []            # lines and literals of the command being read
         self._size = 0              # octets in _parts
         self._head = None           # (tag, COMMAND) of the command being read
@@ -299,7 +300,8 @@ class IMAPServer(imap4.IMAP4Server):
 
     def _close(self):
         self._closing = True
-        self._buf = b""
+        self._buf = bytearray()
+        self._bufpos = 0
         if not self._gone:
             self.transport.loseConnection()
 
@@ -355,9 +357,11 @@ class IMAPServer(imap4.IMAP4Server):
             self._pump_loop()
         finally:
             self._pumping = False
+        # responses of pipelined commands that completed at once go out in one write
+        self._flush()
         if self._closing or self._gone:
             return
-        if self._busy and self._line_waiter is None and len(self._buf) > MAX_PENDING_INPUT:
+        if self._busy and self._line_waiter is None and len(self._buf) - self._bufpos > MAX_PENDING_INPUT:
             if not self._paused:
                 self._paused = True
                 self.transport.pauseProducing()
@@ -366,27 +370,38 @@ class IMAPServer(imap4.IMAP4Server):
             self.transport.resumeProducing()
 
     def _pump_loop(self):
+        """Consume input from ``_bufpos`` on; the consumed part is dropped once at the end
+        (not per line: 256 KB of pipelined commands must not cost a copy per command)."""
+        try:
+            self._pump_input()
+        finally:
+            if self._bufpos:
+                del self._buf[:self._bufpos]
+                self._bufpos = 0
+
+    def _pump_input(self):
         while not self._closing and not self._gone:
+            start = self._bufpos
+            available = len(self._buf) - start
             if self._literal_left:
-                if not self._buf:
+                if not available:
                     return
-                chunk = self._buf[:self._literal_left]
-                self._buf = self._buf[len(chunk):]
-                self._parts.append(chunk)
-                self._size += len(chunk)
-                self._literal_left -= len(chunk)
-                if self._literal_left == 0 and not self._buf:
-                    return
+                n = min(available, self._literal_left)
+                self._parts.append(bytes(self._buf[start:start + n]))
+                self._bufpos = start + n
+                self._size += n
+                self._literal_left -= n
                 continue
             if self._busy and self._line_waiter is None:
                 return
             limit = MAX_LINE if self.state in _AUTHED else MAX_LINE_PREAUTH
-            i = self._buf.find(b"\n", 0, limit + 2)
+            i = self._buf.find(b"\n", start, start + limit + 2)
             if i < 0:
-                if len(self._buf) > limit:
+                if available > limit:
                     self._too_long()
                 return
-            line, self._buf = self._buf[:i + 1], self._buf[i + 1:]
+            line = bytes(self._buf[start:i + 1])
+            self._bufpos = i + 1
             if self._line_waiter is not None:
                 waiter, self._line_waiter = self._line_waiter, None
                 waiter.callback(line.rstrip(b"\r\n"))
@@ -397,7 +412,7 @@ class IMAPServer(imap4.IMAP4Server):
         if self._head:
             tag = self._head[0]
         else:
-            word = self._buf[:100].split(b" ", 1)[0]
+            word = bytes(self._buf[self._bufpos:self._bufpos + 100]).split(b" ", 1)[0]
             tag = word.decode("ascii") if 0 < len(word) < 100 and word.isalnum() else "*"
         self._write_now(tag.encode() + b" BAD Command line too long\r\n"
                         b"* BYE Command line too long\r\n")
@@ -572,7 +587,8 @@ class IMAPServer(imap4.IMAP4Server):
         if code:
             line += b"[" + code.encode("utf-8") + b"] "
         self._send(line + text.encode("utf-8") + b"\r\n")
-        self._flush()
+        if not self._pumping:
+            self._flush()
         if self._close_after:
             self._write_now(self._close_after)
             self._close()
@@ -759,7 +775,8 @@ class IMAPServer(imap4.IMAP4Server):
             raise No("TLS is not available")
         self._write_now(tag.encode() + b" OK Begin TLS negotiation now\r\n")
         # Anything pipelined after STARTTLS came in plaintext: never run it inside TLS.
-        self._buf = b""
+        self._buf = bytearray()
+        self._bufpos = 0
         self._reset_command()
         self.transport.startTLS(self.factory.tls_context)
         self._tls = True
