@@ -586,6 +586,34 @@ class StreamingTests(Base):
         self.assertIsNone(transport.producer)
 
 
+class BigMessageTests(Base):
+
+    def test_body_of_big_message_is_streamed(self):
+        big = b"Subject: big\r\n\r\n" + b"0123456789" * 300000 + b"\r\n"
+        s = self.selected(messages=(big,))
+        reads = []
+        folder = s.proto.folder
+        original = folder.open_message
+
+        def open_message(uid):
+            f = original(uid)
+            read = f.read
+            f.read = lambda n=-1: (reads.append(n), read(n))[1]
+            return f
+        folder.open_message = open_message
+        out = s.send("a FETCH 1 (UID BODY[] BODY.PEEK[]<1000000.10>)\r\n").encode()
+        self.assertEqual(out, b"* 1 FETCH (UID 1 FLAGS (\\Seen) BODY[] {%d}\r\n%s BODY[]<1000000> {10}\r\n%s)\r\n"
+                              b"a OK Fetch completed\r\n" % (len(big), big, big[1000000:1000010]))
+        self.assertTrue(reads and all(0 < n <= 256 * 1024 for n in reads), reads)
+
+    def test_sections_of_big_message(self):
+        big = b"Subject: big\r\n\r\n" + b"x" * 2000000 + b"\r\n"
+        s = self.selected(messages=(big,))
+        out = s.send("a FETCH 1 (BODY.PEEK[HEADER] RFC822.SIZE)\r\n")
+        self.assertEqual(out, "* 1 FETCH (BODY[HEADER] {16}\r\nSubject: big\r\n\r\n RFC822.SIZE %d)\r\n"
+                              "a OK Fetch completed\r\n" % len(big))
+
+
 class StoreTests(Base):
 
     def test_store_modes(self):

@@ -38,7 +38,8 @@ STATUS=SIZE; each is advertised only when the command handlers for it exist.
 import base64
 import binascii
 import bisect
-import time
+import copy
+import os
 from types import SimpleNamespace
 
 from twisted.cred.credentials import UsernamePassword
@@ -51,11 +52,11 @@ from zope.interface import implementer
 from jdmail.auth import DisabledAccount, IAccountAvatar
 from jdmail.errors import DirectoryUnavailable
 from jdmail.imap import listing
-from jdmail.imap.fetch import parse_fetch, render
+from jdmail.imap.fetch import Section, parse_fetch, render
 from jdmail.imap.parser import Atom, ParseError, astring, literal_suffix, parse_command
 from jdmail.imap.responses import (
     MailboxNameError, SYSTEM_FLAGS, canonical_flag, decode_mailbox, flags_list, format_set,
-    mailbox as mailbox_out, parse_date_time, quoted, string)
+    mailbox as mailbox_out, parse_date_time, quoted)
 from jdmail.imap.sequence import SequenceSetError, iter_spans, parse_sequence_set, resolve
 from jdmail.interfaces import FolderError, QuotaExceeded
 try:
@@ -77,6 +78,8 @@ MAX_BAD_COMMANDS = 20               # BAD answers before the connection is close
 MAX_PENDING_INPUT = 256 * 1024      # stop reading while this much waits behind a busy command
 FLUSH_AT = 64 * 1024                # FETCH/SEARCH output is written in chunks of about this size
 INLINE_READ = 64 * 1024             # smaller messages are read in the reactor thread
+STREAM_AT = 1024 * 1024             # BODY[] of bigger messages is streamed from the file
+STREAM_CHUNK = 256 * 1024
 IDLE_KEEPALIVE = 120.0              # "* OK Still here" while idling
 IDLE_POLL = 30.0                    # re-check the folder while idling, besides its notifications
 
@@ -1319,6 +1322,9 @@ class IMAPServer(imap4.IMAP4Server):
                 self._idle_again = False
                 try:
                     await self._sync()
+                except FolderGone:
+                    self._gone_folder()
+                    break
                 except Exception:
                     self.log.failure("imap refresh during IDLE failed user={user}", user=self.account.name)
                 self._flush()
@@ -1452,26 +1458,82 @@ class IMAPServer(imap4.IMAP4Server):
                 if self._out_size > FLUSH_AT:
                     await self._drain()
         else:
+            # BODY[]/RFC822 of a big message is streamed from its file, never read whole
+            whole_only = req.needs_data and all(sec.spec == "" for sec in req.sections)
+            head_req = None
+            if whole_only:
+                head_req = copy.copy(req)
+                head_req.items = [item for item in req.items if not isinstance(item, Section)]
             for i in iter_spans(spans):
                 record = folder.records[i]
                 if changedsince is not None and record.modseq <= changedsince:
                     continue
                 structure = data = None
+                extra = extras if record.uid in seen_set else ()
                 try:
-                    if req.needs_data:
-                        data = await self._read_message(folder, record, services)
                     if req.needs_structure:
                         structure = await _maybe(folder.structure(record.uid))
+                    if whole_only and record.size > STREAM_AT:
+                        await self._fetch_streamed(req, head_req, i + 1, record, uid, extra, structure)
+                        continue
+                    if req.needs_data:
+                        data = await self._read_message(folder, record, services)
+                except FolderGone:
+                    raise
                 except (OSError, KeyError, LookupError, FolderError):
                     missing = True
                     continue
-                self._send(render(req, i + 1, record, uid,
-                                  extras if record.uid in seen_set else (), structure, data))
+                self._send(render(req, i + 1, record, uid, extra, structure, data))
                 if self._out_size > FLUSH_AT:
                     await self._drain()
         if missing:
             raise No("Some messages were expunged by another session", "EXPUNGEISSUED")
         return None
+
+    async def _fetch_streamed(self, req, head_req, seq, record, uid, extra, structure):
+        """One FETCH response whose BODY[] sections are copied from the message file in
+        chunks, each written when the transport has room."""
+        folder = self.folder
+        services = self.factory.services
+        f = await self._blocking(folder.open_message, record.uid)
+        try:
+            try:
+                size = os.fstat(f.fileno()).st_size
+            except (AttributeError, OSError, ValueError):
+                size = record.size
+            head = render(head_req, seq, record, uid, extra, structure)[:-3]     # without ")\r\n"
+            sep = b"" if head.endswith(b"(") else b" "
+            self._send(head)
+            for sec in req.sections:
+                origin = sec.origin or 0
+                length = max(0, size - origin)
+                if sec.length is not None:
+                    length = min(length, sec.length)
+                self._send(sep + sec.label + b" {%d}\r\n" % length)
+                sep = b" "
+                await self._blocking(f.seek, origin)
+                left = length
+                while left:
+                    chunk = await self._blocking(f.read, min(STREAM_CHUNK, left))
+                    if not chunk:
+                        # the file shrank under us: the literal must still be complete
+                        self.log.warn("imap message {uid} shorter than its size user={user}",
+                                      uid=record.uid, user=self.account.name)
+                        chunk = b" " * left
+                    chunk = chunk[:left]
+                    left -= len(chunk)
+                    self._send(chunk)
+                    await self._drain()
+            self._send(b")\r\n")
+        finally:
+            f.close()
+        del services
+
+    async def _blocking(self, f, *args):
+        services = self.factory.services
+        if services is not None and getattr(services, "threadpool", None):
+            return await services.run_blocking(f, *args)
+        return f(*args)
 
     async def _read_message(self, folder, record, services):
         def read():
@@ -1634,6 +1696,8 @@ class IMAPServer(imap4.IMAP4Server):
                         msg._structure = await _maybe(folder.structure(record.uid))
                     if "data" in needs:
                         msg._data = await self._read_message(folder, record, services)
+                except FolderGone:
+                    raise
                 except (OSError, KeyError, LookupError, FolderError):
                     continue
             out.append(msg)

@@ -425,6 +425,18 @@ class AppendFetchTests(IMAPTestCase):
         bs = c.fetch([1], ["BODYSTRUCTURE"])[1][b"BODYSTRUCTURE"]
         self.assertTrue(bs.is_multipart)
 
+    def test_big_message_round_trip(self):
+        c = self.client()
+        name = self.folder(c)
+        data = message("big", body="".join(f"line {i:07d} " + "x" * 60 + "\r\n" for i in range(40000)))
+        self.assertGreater(len(data), 2 * 1024 * 1024)
+        c.append(name, data)
+        c.select_folder(name)
+        got = c.fetch([1], ["RFC822.SIZE", "BODY.PEEK[]", "BODY.PEEK[]<1000000.100>"])[1]
+        self.assertEqual(got[b"RFC822.SIZE"], len(data))
+        self.assertEqual(got[b"BODY[]"], data)
+        self.assertEqual(got[b"BODY[]<1000000>"], data[1000000:1000100])
+
     def test_envelope_non_ascii(self):
         c = self.client()
         name = self.folder(c)
