@@ -1,16 +1,18 @@
 """The IMAP benchmark: jdmail and Dovecot side by side on identical generated mailboxes.
 
-Workloads, each run against every server in turn (the order alternates from
-round to round), ``--rounds`` times; the table shows medians:
+After a warm-up (every mailbox selected once, then the first, cold SELECT of
+the big mailbox), ``--rounds`` rounds; each restarts every server and runs
+each workload against every server in turn (the order alternates from round
+to round); the table shows medians:
 
+* memory: ``--idle`` logged-in sessions (SELECT INBOX, then IDLE when
+  offered) -> RSS and PSS of all the server's processes minus the baseline;
+* the ``--big`` mailbox: SELECT, ``UID FETCH 1:* (FLAGS)`` and
+  ``SEARCH UNSEEN`` latency, in a first session after the restart and in a
+  second one;
 * mixed load: ``--clients`` sessions loop over a fixed mix of SELECT, FETCH
   headers, FETCH bodies, STORE flags, SEARCH, APPEND, STORE \\Deleted +
-  EXPUNGE for ``--seconds`` -> operations/s, latency, server CPU per 1,000 ops;
-* the ``--big`` mailbox: SELECT, ``UID FETCH 1:* (FLAGS)`` and
-  ``SEARCH UNSEEN`` latency on a fresh session (plus the very first SELECT,
-  when the server still has to build its index);
-* memory: ``--idle`` logged-in sessions (SELECT INBOX, then IDLE when
-  offered) -> RSS and PSS of all the server's processes minus the baseline.
+  EXPUNGE for ``--seconds`` -> operations/s, latency, server CPU per 1,000 ops.
 """
 
 import asyncio
@@ -107,10 +109,17 @@ def run_mixed(srv, args, users, appends, round_no):
 
 
 def run_idle(srv, args, idle_users):
+    """Memory of ``args.idle`` idle sessions. Called on a freshly started server: one
+    session is opened and closed first (code paths loaded), then the baseline."""
     pid = srv.pid()
-    base = servers.tree_memory(pid)
 
     async def go():
+        warm = await imapload.Client.connect(srv.port)
+        await warm.login(idle_users[0], PASSWORD)
+        await warm.command(b"SELECT INBOX")
+        await warm.logout()
+        await asyncio.sleep(1.0)
+        base = servers.tree_memory(pid)
         clients, secs, errors = await imapload.open_idle(srv.port, idle_users, PASSWORD, args.idle,
                                                          idle_cmd=not args.no_idle_command)
         await asyncio.sleep(2.0)
@@ -118,11 +127,11 @@ def run_idle(srv, args, idle_users):
         for _ in range(3):
             samples.append(servers.tree_memory(pid))
             await asyncio.sleep(0.5)
-        idling = sum(1 for c in clients if getattr(c, "idling", False))
+        idling = sum(1 for c in clients if c.idling)
         await imapload.close_all(clients)
-        return len(clients), secs, errors, samples, idling
+        return base, len(clients), secs, errors, samples, idling
 
-    opened, secs, errors, samples, idling = asyncio.run(go())
+    base, opened, secs, errors, samples, idling = asyncio.run(go())
     peak = max(samples, key=lambda m: m["rss"])
     # let the server settle back before the next workload (bounded)
     deadline = time.monotonic() + 60
@@ -131,10 +140,22 @@ def run_idle(srv, args, idle_users):
     return {
         "opened": opened, "login_seconds": secs, "errors": errors[:5], "error_count": len(errors),
         "idling": idling, "baseline": base, "loaded": peak,
+        "rss_total": peak["rss"], "pss_total": peak["pss"],
         "rss_delta": peak["rss"] - base["rss"], "pss_delta": peak["pss"] - base["pss"],
         "rss_per_conn": (peak["rss"] - base["rss"]) / opened if opened else None,
         "pss_per_conn": (peak["pss"] - base["pss"]) / opened if opened else None,
     }
+
+
+def run_big(srv, big_user):
+    """Two sessions on the big mailbox: the first after the round's restart (the server
+    reads its index back), then the steady state."""
+    first = imapload.big_mailbox(srv.port, big_user, PASSWORD, None)
+    again = imapload.big_mailbox(srv.port, big_user, PASSWORD, None)
+    again["first_select_ms"] = first["select_ms"]
+    again["first_fetch_flags_ms"] = first["fetch_flags_ms"]
+    again["first_search_unseen_ms"] = first["search_unseen_ms"]
+    return again
 
 
 def run(args, tmp):
@@ -219,41 +240,57 @@ def run(args, tmp):
         appends = append_messages(args)
         for rnd in range(args.rounds):
             order = running if rnd % 2 == 0 else list(reversed(running))
-            for t in order:
+            tag = f"round {rnd + 1}/{args.rounds}"
+            for t in list(order):            # every round starts from fresh server processes
                 try:
-                    m = run_mixed(t, args, users, appends, rnd)
-                    details[t.name]["mixed"].append(m)
-                    say(f"round {rnd + 1}/{args.rounds} {t.label}: mixed load {m['ops_per_s']:.0f} ops/s "
-                        f"(p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, NO {m['no']}, BAD {m['bad']}, "
-                        f"server CPU {m['server_cpu_s']:.1f}s, generator CPU {100 * m['generator_cpu_share']:.0f}% of a core, "
-                        f"other programs {100 * m['other_cpu_share']:.0f}% of a core)")
-                    if m["client_errors"]:
-                        say(f"  {len(m['client_errors'])} client(s) failed, e.g. {m['client_errors'][0]}")
-                except Exception as e:   # noqa: BLE001
-                    details[t.name]["errors"].append(f"mixed load round {rnd + 1}: {e!r}")
-                    say(f"round {rnd + 1} {t.label}: mixed load failed: {e!r}")
-            if big_user:
-                for t in order:
-                    try:
-                        b = imapload.big_mailbox(t.port, big_user, PASSWORD, None)
-                        details[t.name]["big"].append(b)
-                        say(f"round {rnd + 1}/{args.rounds} {t.label}: big mailbox SELECT {b['select_ms']:.0f} ms, "
-                            f"UID FETCH 1:* (FLAGS) {b['fetch_flags_ms']:.0f} ms, SEARCH UNSEEN {b['search_unseen_ms']:.0f} ms")
-                    except Exception as e:   # noqa: BLE001
-                        details[t.name]["errors"].append(f"big mailbox round {rnd + 1}: {e!r}")
-                        say(f"round {rnd + 1} {t.label}: big mailbox failed: {e!r}")
+                    t.restart(nofile)
+                except servers.ServerError as e:
+                    details[t.name]["errors"].append(f"restart before round {rnd + 1}: {str(e)[:500]}")
+                    say(f"{tag} {t.label}: restart failed: {e}")
+                    running.remove(t)
+                    order.remove(t)
             if args.idle:
                 for t in order:
                     try:
                         i = run_idle(t, args, idle_users)
                         details[t.name]["idle"].append(i)
-                        say(f"round {rnd + 1}/{args.rounds} {t.label}: {i['opened']} idle sessions "
+                        say(f"{tag} {t.label}: {i['opened']} idle sessions "
                             f"({i['idling']} in IDLE) in {i['login_seconds']:.1f}s: +{i['rss_delta'] / 2**20:.0f} MB RSS, "
-                            f"+{i['pss_delta'] / 2**20:.0f} MB PSS over {i['loaded']['processes']} processes"
+                            f"+{i['pss_delta'] / 2**20:.0f} MB PSS over {i['loaded']['processes']} processes "
+                            f"(totals {i['rss_total'] / 2**20:.0f} MB RSS, {i['pss_total'] / 2**20:.0f} MB PSS)"
                             + (f"; {i['error_count']} failed, e.g. {i['errors'][0]}" if i["error_count"] else ""))
+                        if i["error_count"]:
+                            details[t.name]["errors"].append(f"idle round {rnd + 1}: {i['error_count']} sessions failed, "
+                                                             f"e.g. {i['errors'][0]}")
                     except Exception as e:   # noqa: BLE001
                         details[t.name]["errors"].append(f"idle round {rnd + 1}: {e!r}")
-                        say(f"round {rnd + 1} {t.label}: idle connections failed: {e!r}")
+                        say(f"{tag} {t.label}: idle connections failed: {e!r}")
+            if big_user:
+                for t in order:
+                    try:
+                        b = run_big(t, big_user)
+                        details[t.name]["big"].append(b)
+                        say(f"{tag} {t.label}: big mailbox SELECT {b['first_select_ms']:.0f} ms after restart, "
+                            f"then SELECT {b['select_ms']:.0f} ms, UID FETCH 1:* (FLAGS) {b['fetch_flags_ms']:.0f} ms, "
+                            f"SEARCH UNSEEN {b['search_unseen_ms']:.0f} ms")
+                    except Exception as e:   # noqa: BLE001
+                        details[t.name]["errors"].append(f"big mailbox round {rnd + 1}: {e!r}")
+                        say(f"{tag} {t.label}: big mailbox failed: {e!r}")
+            for t in order:
+                try:
+                    m = run_mixed(t, args, users, appends, rnd)
+                    details[t.name]["mixed"].append(m)
+                    say(f"{tag} {t.label}: mixed load {m['ops_per_s']:.0f} ops/s "
+                        f"(p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, NO {m['no']}, BAD {m['bad']}, "
+                        f"server CPU {m['server_cpu_s']:.1f}s, generator CPU {100 * m['generator_cpu_share']:.0f}% of a core, "
+                        f"other programs {100 * m['other_cpu_share']:.0f}% of a core)")
+                    if m["client_errors"]:
+                        say(f"  {len(m['client_errors'])} client(s) failed, e.g. {m['client_errors'][0]}")
+                        details[t.name]["errors"].append(f"mixed load round {rnd + 1}: {len(m['client_errors'])} "
+                                                         f"client(s) failed, e.g. {m['client_errors'][0]}")
+                except Exception as e:   # noqa: BLE001
+                    details[t.name]["errors"].append(f"mixed load round {rnd + 1}: {e!r}")
+                    say(f"{tag} {t.label}: mixed load failed: {e!r}")
         result["rows"] = rows(args, details)
         failed = any(details[t.name]["errors"] for t in running)
         result["exit"] = 1 if failed else 0
@@ -281,6 +318,7 @@ def rows(args, details):
     if args.big:
         spec += [
             ("big_select_cold_ms", f"{args.big:,}-msg mailbox: first SELECT (cold)", "ms", "lower", "big_cold", "select_ms", 1),
+            ("big_select_restart_ms", f"{args.big:,}-msg mailbox: SELECT after restart", "ms", "lower", "big", "first_select_ms", 1),
             ("big_select_ms", f"{args.big:,}-msg mailbox: SELECT", "ms", "lower", "big", "select_ms", 1),
             ("big_fetch_flags_ms", "  UID FETCH 1:* (FLAGS)", "ms", "lower", "big", "fetch_flags_ms", 1),
             ("big_search_unseen_ms", "  SEARCH UNSEEN", "ms", "lower", "big", "search_unseen_ms", 1),
@@ -290,6 +328,8 @@ def rows(args, details):
             ("idle_rss_mb", f"{args.idle:,} idle sessions: RSS (sum, minus baseline)", "MB", "lower", "idle", "rss_delta", 1 / 2**20),
             ("idle_pss_mb", "  PSS (shared pages split)", "MB", "lower", "idle", "pss_delta", 1 / 2**20),
             ("idle_rss_kb_per_conn", "  RSS per session", "KB", "lower", "idle", "rss_per_conn", 1 / 1024),
+            ("idle_pss_kb_per_conn", "  PSS per session", "KB", "lower", "idle", "pss_per_conn", 1 / 1024),
+            ("idle_rss_total_mb", "  RSS total, all processes", "MB", "lower", "idle", "rss_total", 1 / 2**20),
             ("idle_login_s", "  time to log them all in", "s", "lower", "idle", "login_seconds", 1),
         ]
     out = []

@@ -80,6 +80,7 @@ def table(result):
     for cells in lines:
         out.append("  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
                              for i, (c, w) in enumerate(zip(cells, widths))))
+    out.extend(per_command(result))
     for s in order:
         st = status.get(s, {})
         if st.get("status", "ok") != "ok":
@@ -90,3 +91,32 @@ def table(result):
         for e in d.get("errors", []):
             out.append(f"{labels.get(s, s)} error: {e}")
     return "\n".join(out)
+
+
+def per_command(result):
+    """Mixed load, per command: p50/p99 latency (medians over rounds) for each server."""
+    order = [s for s in result.get("order", []) if result.get("details", {}).get(s, {}).get("mixed")]
+    if not order:
+        return []
+    labels = result.get("labels", {})
+    ops = []
+    for s in order:
+        for m in result["details"][s]["mixed"]:
+            for op in m.get("per_op", {}):
+                if op not in ops:
+                    ops.append(op)
+
+    def med(s, op, key):
+        vals = sorted(m["per_op"][op][key] for m in result["details"][s]["mixed"]
+                      if op in m.get("per_op", {}) and m["per_op"][op][key] is not None)
+        return vals[len(vals) // 2] if vals else None
+
+    header = ["mixed load, per command"] + [f"{labels.get(s, s)} p50/p99 ms" for s in order]
+    lines = [[op] + [f"{_fmt(med(s, op, 'p50_ms'))} / {_fmt(med(s, op, 'p99_ms'))}" for s in order] for op in ops]
+    widths = [max(len(c[i]) for c in [header] + lines) for i in range(len(header))]
+    out = ["", "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))),
+           "  ".join("-" * w for w in widths)]
+    for cells in lines:
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))))
+    out.append("")
+    return out

@@ -378,6 +378,12 @@ class Dovecot:
         if self.proc is not None:
             stop_process(self.proc, self.proc.pid)
 
+    def restart(self, nofile):
+        """A fresh server process on the same data (each round starts with one)."""
+        self.stop()
+        self.proc = None
+        self.start(nofile)
+
 
 # --- jdmail --------------------------------------------------------------------
 
@@ -400,6 +406,28 @@ def jdmail_imap_limits(want):
             k = key.lower()
             if k.startswith("max_") and ("conn" in k or "session" in k):
                 out.setdefault(section, {})[key] = str(want)
+    return out
+
+
+def jdmail_version():
+    """'<jdmail.__version__>, commit <hash> (<date>)' of the last commit touching jdmail/,
+    plus a note when jdmail/ has uncommitted changes (the run measured those)."""
+    out = ""
+    try:
+        import jdmail
+        out = f"jdmail {getattr(jdmail, '__version__', '?')}"
+    except Exception:   # noqa: BLE001
+        out = "jdmail"
+    try:
+        git = ["git", "-C", REPO]
+        last = subprocess.run(git + ["log", "-1", "--format=%h %cs", "--", "jdmail"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(git + ["status", "--porcelain", "--", "jdmail"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        if last:
+            out += f", commit {last}" + (" + uncommitted changes in jdmail/" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
     return out
 
 
@@ -457,11 +485,7 @@ class Jdmail:
                            capture_output=True, env=_jdmail_env(), cwd=self.root)
         if p.returncode != 0:
             raise ServerError(f"jdmail: adding users failed: {p.stderr.strip()[-2000:]}")
-        try:
-            self.version = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%h %s"],
-                                          capture_output=True, text=True).stdout.strip()
-        except OSError:
-            self.version = ""
+        self.version = jdmail_version()
 
     def prepare_mail(self):
         pass
@@ -513,3 +537,9 @@ class Jdmail:
     def stop(self):
         if self.proc is not None:
             stop_process(self.proc, self.proc.pid)
+
+    def restart(self, nofile):
+        """A fresh server process on the same data (each round starts with one)."""
+        self.stop()
+        self.proc = None
+        self.start(nofile)
