@@ -9,7 +9,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from jdmail.interfaces import IMailboxStore, IMessageStore, IStoreFactory
+from jdmail.interfaces import FolderError, IMailboxStore, IMessageStore, IStoreFactory
 from jdmail.services import Services
 from jdmail.store import maildir
 from jdmail.store.maildir import MaildirStore, MaildirStoreFactory, message_key
@@ -199,8 +199,11 @@ class MaildirStoreTests(unittest.TestCase):
                "example.org/al\x00ice", None, b"example.org/alice"]
         for key in bad:
             self.assertRaises(ValueError, self.store.mailbox, key)
-        self.assertRaises(ValueError, self.store.mailbox, "example.org/alice", "../x")
-        self.assertRaises(ValueError, self.store.mailbox, "example.org/alice", "a/b")
+        # folder names are IMAP names now ("/" separates levels): unsafe ones are FolderErrors
+        for folder in ("../x", "..", "a/../b", "/etc", "a//b", "x\x00y", ""):
+            self.assertRaises(FolderError, self.store.mailbox, "example.org/alice", folder)
+        box = self.store.mailbox("example.org/alice", "a/b.c")
+        self.assertEqual(box.path, os.path.join(self.maildir("example.org/alice"), ".a.b%2Ec"))
 
     async def test_symlink_out_of_root_refused(self):
         outside = os.path.abspath(os.path.join(self.base, "outside"))

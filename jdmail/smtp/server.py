@@ -537,6 +537,8 @@ class ESMTPServer(smtp.ESMTP):
             return 550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown"
         if resolution.remote:
             return 451, "4.3.0", f"<{address}>: Forwarding to remote addresses is not available yet; try again later"
+        if await self._rcpt_over_quota(resolution, max(txn.declared_size or 0, 1)):
+            return 452, "4.2.2", f"<{address}>: Mailbox full"
         txn.recipients.append((address, resolution))
         verdict = await self._filters(Stage.RCPT)
         if verdict is not None:
@@ -753,6 +755,8 @@ class ESMTPServer(smtp.ESMTP):
             verdict = await self._filters(Stage.DATA, txn)
             if verdict is not None:
                 failure = (verdict.code, verdict.enhanced, verdict.text)
+        if failure is None:
+            failure = await self._data_over_quota(txn, state["size"])
         if failure is not None:
             outcome = "tempfail" if failure[0] < 500 else "rejected"
             self._log_transaction(f"{outcome} {failure[0]} {failure[1]}", txn, state["size"])
@@ -768,6 +772,66 @@ class ESMTPServer(smtp.ESMTP):
             return self.reply(451, "4.3.0", "Error: local delivery failed; try again later")
         self._log_transaction("accepted", txn, state["size"])
         self.reply(250, "2.0.0", f"Ok: queued as {txn.queue_id}")
+
+    # --- quota (kept together with jdmail/store; see jdmail/store/folders.py) ------------------
+    #
+    # Mailbox quota at SMTP time, for local Accounts with quota_bytes > 0, usage being the
+    # store's ``usage(mailbox)`` (bytes over all folders):
+    #
+    # - RCPT: when usage + the MAIL FROM SIZE= value (at least 1 octet: a mailbox exactly at
+    #   its quota is full) exceeds the quota of every local mailbox the address resolves to,
+    #   that recipient gets
+    #   ``452 4.2.2 <address>: Mailbox full`` -- temporary (RFC 5321's 452 "insufficient
+    #   system storage"; RFC 3463 X.2.2 "mailbox full" is a persistent-transient condition),
+    #   because the user can delete mail and the sender's queue retries; the other
+    #   recipients are kept.
+    # - End of DATA: a message for a single mailbox that would take it over quota gets
+    #   ``552 5.2.2 Mailbox full`` and is not stored (RFC 5321's 552 "exceeded storage
+    #   allocation", the reply it names for this). A message for several mailboxes is delivered to all
+    #   of them, also to one that goes over quota (a soft overrun, logged): refusing it
+    #   would refuse it for every recipient.
+    # - A store without ``usage``, or one that fails to answer, never refuses mail.
+
+    async def _usage(self, account):
+        store = getattr(self.factory.services, "store", None)
+        usage = getattr(store, "usage", None)
+        if usage is None or not account.quota_bytes or account.quota_bytes <= 0:
+            return None
+        try:
+            used, _messages = await usage(account.mailbox)
+        except Exception:
+            self.log.failure("smtp quota check failed for {mailbox}; not enforcing it", mailbox=account.mailbox)
+            return None
+        return used
+
+    async def _rcpt_over_quota(self, resolution, extra):
+        accounts = [a for a in resolution.accounts if a.quota_bytes and a.quota_bytes > 0]
+        if not accounts or len(accounts) != len(resolution.accounts):
+            return False
+        for account in accounts:
+            used = await self._usage(account)
+            if used is None or used + extra <= account.quota_bytes:
+                return False
+        return True
+
+    async def _data_over_quota(self, txn, size):
+        accounts = {}
+        for _address, resolution in txn.recipients:
+            for account in resolution.accounts:
+                accounts.setdefault(account.mailbox, account)
+        over = []
+        for account in accounts.values():
+            used = await self._usage(account)
+            if used is not None and used + size > account.quota_bytes:
+                over.append(account)
+        if not over:
+            return None
+        if len(accounts) == 1:
+            return (552, "5.2.2", "Mailbox full")
+        for account in over:
+            self.log.info("smtp quota soft overrun id={id} mailbox={mailbox} quota={quota}", id=txn.queue_id,
+                          mailbox=account.mailbox, quota=account.quota_bytes)
+        return None
 
     async def _filters(self, stage, txn=None):
         """Run the filter chain; return a refusing Verdict or None to go on."""

@@ -2,8 +2,16 @@
 
 Layout: a mailbox key ``"domain/local"`` (Account.mailbox) lives in
 ``<root>/<domain>/<local>/Maildir/``; INBOX is that Maildir, other folders are
-Maildir++ subfolders ``Maildir/.Name/``. Directories are created on first use,
-mode 0700.
+Maildir++ subfolders: IMAP folder ``A/B`` is ``Maildir/.A.B/`` (names.py: how "."
+and "%" inside a level are escaped, which names are refused). Directories are created
+on first use, mode 0700. Each Maildir has one SQLite index,
+``Maildir/jdmail-index.sqlite`` (index.py), shared by IMAP (``account()``: folders.py)
+and POP3 (``mailbox()``), so UIDs, flags and expunges are the same for both.
+
+Module map: maildir.py (this: the store, delivery, POP3's IMailboxStore), folders.py
+(IMAP: IAccountStore, IFolder, the per-user state, syncing with the directories),
+index.py (the SQLite schema, opening and rebuilding it), names.py (folder names),
+files.py (Maildir file names, flags in them, fsync).
 
 Messages are stored exactly as the SMTP server received them, with CRLF line
 ends (like Dovecot with ``mail_save_crlf = yes``). So the ``,S=<size>`` in a
@@ -21,39 +29,29 @@ recipient's ``new/`` (one copy on disk for all recipients; the spool file must
 only be unlinked afterwards, never rewritten). When a link is impossible
 (another file system, EPERM, EMLINK) the file is copied into ``tmp/``, fsynced
 and renamed into ``new/``. Each ``new/`` directory is fsynced once before
-delivery returns. All blocking work runs on jdmail's thread pool.
+delivery returns. Delivery does not touch the index: it tells the sessions that
+have the INBOX selected (``IFolder.listen``), and their next refresh gives the new
+files UIDs. All blocking work runs on jdmail's thread pool.
 """
 
+import collections
 import errno
 import hashlib
-import itertools
 import os
-import re
 import shutil
-import socket
-import time
+import weakref
 
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from jdmail.interfaces import IMailboxStore, IMessageStore, IStoreFactory, MessageInfo, Option
+from jdmail.store import names as folder_names
+from jdmail.store.files import (DIR_MODE, FILE_MODE, LINK_FALLBACK, MAILDIR_FLAGS, SYSTEM_FLAGS, fsync_dir,
+                                open_nofollow, read_crlf, unique_name)
+from jdmail.store.folders import AccountState, Folder, MaildirAccount
+from jdmail.store.index import transaction
 
-__all__ = ["MaildirStore", "MaildirMailbox", "MaildirStoreFactory", "message_key"]
-
-DIR_MODE = 0o700
-FILE_MODE = 0o600
-_LINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
-_counter = itertools.count(1)
-_SIZE_RE = re.compile(r",S=(\d+)")
-_ORDER_RE = re.compile(r"^(\d+)(?:\.(?:[^.]*?M(\d+))?(?:[^.]*?Q(\d+))?)?")
-# Maildir flag letter -> IMAP system flag (MessageInfo.flags holds the IMAP names).
-MAILDIR_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
-
-
-def _hostname():
-    host = socket.gethostname() or "localhost"
-    return host.replace("/", "\\057").replace(":", "\\072")
-
+__all__ = ["MaildirStore", "MaildirMailbox", "MaildirStoreFactory", "message_key", "MAILDIR_FLAGS"]
 
 def message_key(filename):
     """The stable key (POP3 UIDL) of a Maildir file name: the name without ``:2,flags``,
@@ -64,25 +62,6 @@ def message_key(filename):
     return hashlib.sha1(base.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _order(name, path):
-    m = _ORDER_RE.match(name)
-    if m:
-        return (int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0), name)
-    try:
-        mtime = int(os.stat(path).st_mtime)
-    except OSError:
-        mtime = 0
-    return (mtime, 0, 0, name)
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _check_part(part, what):
     if (not isinstance(part, str) or not part or part in (".", "..") or part.startswith(".")
             or any(c in part for c in "/\\\x00")):
@@ -91,108 +70,103 @@ def _check_part(part, what):
 
 @implementer(IMailboxStore)
 class MaildirMailbox:
-    """One folder (one Maildir) of one mailbox key.
+    """One folder of one mailbox key, as POP3 sees it, over the same index as IMAP.
 
-    ``list`` and ``remove`` run on the thread pool; ``open`` is a plain open().
-    The key -> file map from the last ``list`` is kept, and re-read when a
-    file has moved (e.g. new/ -> cur/ by another session).
+    ``list`` brings the folder's index up to date (new files get UIDs) and lists it in
+    UID order; keys are ``message_key`` of the base names (so POP3 UIDLs are the same
+    as before the index existed). ``remove`` expunges through the index, so IMAP
+    sessions see it at their next refresh. ``open`` is a plain open() of the file the
+    last ``list`` saw (found again if another program renamed it).
     """
 
     def __init__(self, store, key, folder, path):
         self.store, self.key, self.folder, self.path = store, key, folder, path
-        self._files = {}      # message key -> path relative to self.path ("cur/NAME")
+        self._state = store._state(key)
+        self._state.handles += 1
+        weakref.finalize(self, _release_handle, self._state)
+        self._files = {}      # message key -> (uid, path relative to self.path, lf)
 
     def __repr__(self):
         return f"<MaildirMailbox {self.key} {self.folder}>"
 
+    async def _folder(self):
+        st = self._state
+        f = st.folders.get(self.folder)
+        if f is None:
+            await st._reconcile()
+            f = st.folders.get(self.folder)
+        if f is None:
+            def make():
+                st._make_folder_dir(self.folder)
+                with transaction(st.conn) as conn:
+                    return st._insert_folder(conn, self.folder)
+            row = await st.blocking(make)
+            f = st.folders[self.folder] = Folder(st, row)
+        return f
+
     async def list(self):
-        return await self.store._services.run_blocking(self._list_sync)
+        st = self._state
 
-    def _scan(self):
-        self.store._ensure_maildir(self.path)
-        found = {}
-        entries = []
-        for sub in ("new", "cur"):
-            with os.scandir(os.path.join(self.path, sub)) as it:
-                for entry in it:
-                    name = entry.name
-                    if name.startswith("."):
-                        continue
-                    try:
-                        if not entry.is_file():
-                            continue
-                    except OSError:
-                        continue
-                    key = message_key(name)
-                    if key in found:
-                        continue
-                    found[key] = f"{sub}/{name}"
-                    entries.append((key, sub, name, entry.path))
-        self._files = found
-        return entries
-
-    def _list_sync(self):
-        infos = []
-        for key, sub, name, path in self._scan():
-            base, _, info = name.partition(":")
-            m = _SIZE_RE.search(base)
-            if m:
-                size = int(m.group(1))
-            else:
-                try:
-                    size = os.stat(path).st_size
-                except FileNotFoundError:
+        async def work():
+            f = await self._folder()
+            await st._sync(f, load=True)
+            c = f.contents
+            infos, files = [], {}
+            for uid in c.uids:
+                m = c.msg(uid)
+                key = message_key(m.base)
+                if key in files:
                     continue
-            flags = frozenset()
-            if sub == "cur" and info.startswith("2,"):
-                flags = frozenset(MAILDIR_FLAGS[c] for c in info[2:] if c in MAILDIR_FLAGS)
-            infos.append((_order(name, path), MessageInfo(key=key, size=size, flags=flags)))
-        infos.sort(key=lambda pair: pair[0])
-        return [info for _, info in infos]
+                files[key] = (uid, m.relpath(), m.lf)
+                infos.append(MessageInfo(key=key, size=m.record.size, flags=m.record.flags & SYSTEM_FLAGS))
+            return infos, files
+        infos, self._files = await st.call(work)
+        return infos
 
     def _locate(self, key):
-        rel = self._files.get(key)
-        if rel is not None and os.path.exists(os.path.join(self.path, rel)):
-            return os.path.join(self.path, rel)
-        self._scan()
-        rel = self._files.get(key)
-        if rel is None:
-            return None
-        return os.path.join(self.path, rel)
+        """The current path of a message key, looking at the directories when it moved."""
+        entry = self._files.get(key)
+        if entry is not None:
+            path = os.path.join(self.path, entry[1])
+            if os.path.lexists(path):
+                return path, entry[2]
+        for sub in ("cur", "new"):
+            with os.scandir(os.path.join(self.path, sub)) as it:
+                for e in it:
+                    if not e.name.startswith(".") and message_key(e.name) == key:
+                        return e.path, entry[2] if entry else False
+        return None, False
 
     def open(self, key):
         """Return the message file opened for binary reading; FileNotFoundError if gone."""
         for _ in range(3):
-            path = self._locate(key)
+            path, lf = self._locate(key)
             if path is None:
                 break
             try:
-                return open(path, "rb")
+                return read_crlf(path) if lf else open_nofollow(path)
             except FileNotFoundError:
                 continue        # moved between locate and open: look again
         raise FileNotFoundError(errno.ENOENT, f"no message {key!r} in {self!r}")
 
     async def remove(self, keys):
-        keys = list(keys)
-        if keys:
-            await self.store._services.run_blocking(self._remove_sync, keys)
+        keys = [k for k in keys if k in self._files]
+        if not keys:
+            return
+        st = self._state
 
-    def _remove_sync(self, keys):
-        dirs = set()
-        for key in keys:
-            for _ in range(3):
-                path = self._locate(key)
-                if path is None:
-                    break       # already gone (another session removed it)
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    continue
-                dirs.add(os.path.dirname(path))
-                self._files.pop(key, None)
-                break
-        for d in sorted(dirs):
-            _fsync_dir(d)
+        async def work():
+            f = await self._folder()
+            await st._sync(f, load=True)
+            uids = [self._files[k][0] for k in keys]
+            await st._expunge(f, uids)
+        await st.call(work)
+        for k in keys:
+            self._files.pop(k, None)
+
+
+def _release_handle(state):
+    state.handles -= 1
 
 
 @implementer(IMessageStore)
@@ -200,19 +174,27 @@ class MaildirStore:
     """Maildirs under one root; see the module docstring for the layout."""
 
     log = Logger()
+    # Messages of folders no session has selected that stay in memory (per process), so a
+    # STATUS or a new SELECT of a big folder does not read its index again.
+    idle_messages = 400_000
+    # Account states (open index connections) kept for users with no session.
+    idle_accounts = 200
 
     def __init__(self, root, services, name="maildir"):
         self.name = name
         self.root = os.path.realpath(os.path.abspath(os.path.expanduser(root)))
         self._services = services
+        self.reactor = services.reactor
         self._ready = set()          # Maildir paths known to have tmp/ new/ cur/
-        self._host = _hostname()
-        self._pid = os.getpid()
+        self._accounts = collections.OrderedDict()   # mailbox key -> AccountState
+        self._idle = collections.OrderedDict()       # loaded Folder with no session -> None
+        self._structure_class = None
 
     # --- paths -----------------------------------------------------------------------------
 
     def maildir_path(self, mailbox, folder="INBOX"):
-        """The Maildir directory of one folder of a mailbox key; ValueError when unsafe."""
+        """The Maildir directory of one folder of a mailbox key. ValueError for an unsafe
+        key, FolderError for an unsafe folder name (see names.py for the encoding)."""
         if not isinstance(mailbox, str):
             raise ValueError(f"unsafe mailbox key {mailbox!r}")
         parts = mailbox.split("/")
@@ -221,13 +203,12 @@ class MaildirStore:
         for part in parts:
             _check_part(part, "mailbox key part")
         path = os.path.join(self.root, parts[0], parts[1], "Maildir")
-        if folder.upper() != "INBOX":
-            for part in folder.split("."):
-                _check_part(part, "folder name")
-            path = os.path.join(path, "." + folder)
         real = os.path.realpath(path)
         if not real.startswith(self.root + os.sep):
             raise ValueError(f"unsafe mailbox key {mailbox!r}: outside the mail root")
+        folder = folder_names.normalize(folder)
+        if folder != "INBOX":
+            real = os.path.join(real, folder_names.to_dirname(folder))
         return real
 
     def _ensure_maildir(self, path):
@@ -255,25 +236,105 @@ class MaildirStore:
             except FileExistsError:
                 pass
         for d in {os.path.dirname(m) for m in made}:
-            _fsync_dir(d)
+            fsync_dir(d)
         self._ready.add(path)
 
-    def _unique(self, size):
-        now = time.time()
-        sec = int(now)
-        usec = int((now - sec) * 1_000_000)
-        return f"{sec}.M{usec}P{self._pid}Q{next(_counter)}.{self._host},S={size}"
+    # --- per-user state ------------------------------------------------------------------------
+
+    def _state(self, mailbox):
+        """The AccountState of a mailbox key (one per key and process)."""
+        st = self._accounts.get(mailbox)
+        if st is None:
+            st = AccountState(self, mailbox, self.maildir_path(mailbox))
+            self._accounts[mailbox] = st
+            self._evict_accounts()
+        else:
+            self._accounts.move_to_end(mailbox)
+        return st
+
+    def _evict_accounts(self):
+        excess = len(self._accounts) - self.idle_accounts
+        if excess <= 0:
+            return
+        for key, st in list(self._accounts.items()):
+            if excess <= 0:
+                break
+            if st.handles > 0 or st.busy():
+                continue
+            for f in st.folders.values():
+                self._idle.pop(f, None)
+            del self._accounts[key]
+            st.close()
+            excess -= 1
+
+    def _touch_idle(self, folder):
+        """A loaded folder that no session has selected: keep it a while (LRU)."""
+        if folder.views or folder.contents is None:
+            return
+        self._idle.pop(folder, None)
+        self._idle[folder] = None
+        total = sum(len(f.contents.records) for f in self._idle if f.contents is not None)
+        for f in list(self._idle):
+            if total <= self.idle_messages:
+                break
+            if f is folder or f.views or f.account.lock.locked:
+                continue
+            if f.contents is not None:
+                total -= len(f.contents.records)
+                f.contents = None
+                f.journal = []
+            del self._idle[f]
+
+    def _forget_idle(self, folder):
+        self._idle.pop(folder, None)
+
+    def close(self):
+        """Close every index connection (at shutdown; no session may use the store after)."""
+        for st in self._accounts.values():
+            conn, st.conn = st.conn, None
+            st.folders = {}
+            if conn is not None:
+                conn.close()
+        self._accounts.clear()
+        self._idle.clear()
+
+    def structure_class(self):
+        """jdmail.mime.MessageStructure (imported when first needed; tests may set
+        ``_structure_class``)."""
+        if self._structure_class is None:
+            from jdmail.mime import MessageStructure
+            self._structure_class = MessageStructure
+        return self._structure_class
 
     # --- IMessageStore -----------------------------------------------------------------------
 
     def mailbox(self, mailbox, folder="INBOX"):
-        return MaildirMailbox(self, mailbox, folder, self.maildir_path(mailbox, folder))
+        return MaildirMailbox(self, mailbox, folder_names.normalize(folder), self.maildir_path(mailbox, folder))
+
+    def account(self, mailbox, quota_bytes=0):
+        return MaildirAccount(self._state(mailbox), quota_bytes)
+
+    async def usage(self, mailbox):
+        path = self.maildir_path(mailbox)
+        if not os.path.isdir(path):
+            return 0, 0
+        st = self._state(mailbox)
+
+        async def work():
+            await st._sync_all()
+            return st.used()
+        return await st.call(work)
 
     async def deliver(self, mailboxes, path):
         mailboxes = list(dict.fromkeys(mailboxes))
         if not mailboxes:
             return
         await self._services.run_blocking(self._deliver_sync, mailboxes, path)
+        for key in mailboxes:
+            st = self._accounts.get(key)
+            inbox = st.folders.get("INBOX") if st is not None else None
+            if inbox is not None:
+                inbox.delivered()
 
     def _deliver_sync(self, mailboxes, path):
         size = os.stat(path).st_size
@@ -286,7 +347,7 @@ class MaildirStore:
                 made.append(self._place(path, maildir, size))
                 new_dirs.append(os.path.join(maildir, "new"))
             for d in dict.fromkeys(new_dirs):
-                _fsync_dir(d)
+                fsync_dir(d)
         except BaseException:
             for p in made:
                 try:
@@ -298,7 +359,7 @@ class MaildirStore:
     def _place(self, src, maildir, size):
         """Hard-link (or copy) ``src`` into ``maildir``/new/ under a fresh unique name."""
         while True:
-            name = self._unique(size)
+            name = unique_name(size)
             dest = os.path.join(maildir, "new", name)
             try:
                 os.link(src, dest)
@@ -306,7 +367,7 @@ class MaildirStore:
             except FileExistsError:
                 continue
             except OSError as e:
-                if e.errno not in _LINK_FALLBACK:
+                if e.errno not in LINK_FALLBACK:
                     raise
             tmp = os.path.join(maildir, "tmp", name)
             try:
