@@ -49,6 +49,7 @@ class Base(unittest.TestCase):
         store = s.store
         for i, m in enumerate(messages):
             store.deliver(m, folder=name, flags=(flags or {}).get(i + 1, ()), internaldate=T0 + i)
+        store.folders[name].recent.clear()     # as if another session had seen them: no \Recent here
         lines = s.cmd("S1 SELECT " + name)
         self.assertTrue(lines[-1].startswith("S1 OK"), lines)
         return s
@@ -420,6 +421,18 @@ class FetchTests(Base):
             % len(M2),
             "a OK Fetch completed"])
 
+    def test_recent_flag(self):
+        s = self.session()
+        s.store.deliver(M1)
+        s.cmd("a SELECT INBOX")
+        self.assertEqual(s.cmd("b FETCH 1 FLAGS"), ["* 1 FETCH (FLAGS (\\Recent))", "b OK Fetch completed"])
+        self.assertEqual(s.cmd("c SEARCH RECENT"), ["* SEARCH 1", "c OK Search completed"])
+        self.assertEqual(s.cmd("d STORE 1 +FLAGS (\\Seen)"),
+                         ["* 1 FETCH (FLAGS (\\Seen \\Recent))", "d OK Store completed"])
+        other = self.session()
+        other.cmd("a SELECT INBOX")
+        self.assertEqual(other.cmd("b FETCH 1 FLAGS"), ["* 1 FETCH (FLAGS (\\Seen))", "b OK Fetch completed"])
+
     def test_fast_macro(self):
         s = self.selected()
         self.assertEqual(s.cmd("a FETCH 1 FAST")[0],
@@ -691,7 +704,7 @@ class TwoSessionTests(Base):
         # NOOP reports them
         self.assertEqual(a.cmd("d NOOP"), ["* 2 EXPUNGE", "* 3 FETCH (FLAGS (\\Flagged) UID 4)", "d OK Noop completed"])
         a.store.deliver(M2)
-        self.assertEqual(a.cmd("e NOOP"), ["* 4 EXISTS", "* 4 RECENT", "e OK Noop completed"])
+        self.assertEqual(a.cmd("e NOOP"), ["* 4 EXISTS", "* 1 RECENT", "e OK Noop completed"])
 
     def test_uid_commands_may_report_expunges(self):
         a = self.selected(messages=[M1] * 3)
@@ -711,7 +724,7 @@ class IdleTests(Base):
         s = self.selected()
         self.assertEqual(s.cmd("a IDLE"), ["+ idling"])
         s.store.deliver(M1)
-        self.assertEqual(s.take(), "* 4 EXISTS\r\n* 4 RECENT\r\n")
+        self.assertEqual(s.take(), "* 4 EXISTS\r\n* 1 RECENT\r\n")
         self.assertEqual(s.cmd("DONE"), ["a OK IDLE terminated"])
         s.store.deliver(M1)
         self.assertEqual(s.take(), "")
@@ -720,7 +733,7 @@ class IdleTests(Base):
     def test_idle_reports_pending_changes_at_start(self):
         s = self.selected()
         s.store.deliver(M1)
-        self.assertEqual(s.cmd("a IDLE"), ["+ idling", "* 4 EXISTS", "* 4 RECENT"])
+        self.assertEqual(s.cmd("a IDLE"), ["+ idling", "* 4 EXISTS", "* 1 RECENT"])
         s.cmd("DONE")
 
     def test_idle_keepalive_and_timeout(self):
@@ -792,7 +805,7 @@ class AppendTests(Base):
     def test_append_to_selected_reports_exists(self):
         s = self.selected()
         out = s.send(b"a APPEND INBOX {%d+}\r\n%s\r\n" % (len(M1), M1))
-        self.assertEqual(out, "* 4 EXISTS\r\n* 4 RECENT\r\na OK [APPENDUID %d 4] Append completed\r\n"
+        self.assertEqual(out, "* 4 EXISTS\r\n* 1 RECENT\r\na OK [APPENDUID %d 4] Append completed\r\n"
                          % s.store.folders["INBOX"].uidvalidity)
 
     def test_append_bare_lf_normalised(self):
@@ -999,7 +1012,7 @@ class CondstoreTests(Base):
         since = box.modseq
         s.cmd("b STORE 2 +FLAGS.SILENT (\\Seen)")
         self.assertEqual(s.cmd("c FETCH 1:* (FLAGS) (CHANGEDSINCE %d)" % since),
-                         ["* 2 FETCH (FLAGS (\\Seen) MODSEQ (%d))" % box.modseq, "c OK Fetch completed"])
+                         ["* 2 FETCH (FLAGS (\\Seen \\Recent) MODSEQ (%d))" % box.modseq, "c OK Fetch completed"])
         self.assertEqual(s.cmd("d SEARCH MODSEQ %d" % (since + 1)),
                          ["* SEARCH 2 (MODSEQ %d)" % box.modseq, "d OK Search completed"])
         self.assertEqual(s.cmd("e STATUS INBOX (HIGHESTMODSEQ)"),

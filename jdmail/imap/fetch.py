@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from jdmail.imap.parser import Atom, ParseError, parse_tokens
 from jdmail.imap.responses import flags_list, internaldate, quoted
 
-__all__ = ["FetchRequest", "Section", "parse_fetch", "render"]
+__all__ = ["FetchRequest", "Section", "parse_fetch", "render", "record_flags"]
 
 _ATTR = re.compile(r"(BODY\.PEEK|BODY|BINARY\.PEEK|BINARY|BINARY\.SIZE)\[([^\]]*)\](?:<([0-9]+)(?:\.([0-9]+))?>)?$",
                    re.IGNORECASE)
@@ -211,11 +211,23 @@ def section_data(sec, structure, data):
     return structure.section(data, sec.spec)
 
 
-def render(req, seq, record, uid_fetch, extra_items=(), structure=None, data=None):
+_RECENT = frozenset({"\\Recent"})
+
+
+def record_flags(record, recent=()):
+    """The FLAGS of a record as the session shows them: \\Recent added when the UID is
+    in ``recent`` (the index never stores \\Recent; it is per session)."""
+    if recent and record.uid in recent:
+        return flags_list(record.flags | _RECENT)
+    return flags_list(record.flags)
+
+
+def render(req, seq, record, uid_fetch, extra_items=(), structure=None, data=None, recent=()):
     """One ``* n FETCH (...)`` response (bytes, CRLF-terminated).
 
     ``extra_items`` are names added by the server (UID for UID FETCH, FLAGS when
     \\Seen was just set, MODSEQ under CONDSTORE), placed where RFCs expect them.
+    ``recent`` is the set of UIDs that are \\Recent in this session.
     """
     out = []
     items = req.items
@@ -228,7 +240,7 @@ def render(req, seq, record, uid_fetch, extra_items=(), structure=None, data=Non
                 value = value[item.origin:item.origin + item.length]
             out.append(item.label + b" " + literal(value))
         elif item == "FLAGS":
-            out.append(b"FLAGS " + flags_list(record.flags))
+            out.append(b"FLAGS " + record_flags(record, recent))
         elif item == "UID":
             out.append(b"UID %d" % record.uid)
         elif item == "RFC822.SIZE":
@@ -247,7 +259,7 @@ def render(req, seq, record, uid_fetch, extra_items=(), structure=None, data=Non
         if name in items:
             continue
         if name == "FLAGS":
-            out.append(b"FLAGS " + flags_list(record.flags))
+            out.append(b"FLAGS " + record_flags(record, recent))
         elif name == "MODSEQ":
             out.append(b"MODSEQ (%d)" % record.modseq)
     return b"* %d FETCH (" % seq + b" ".join(out) + b")\r\n"

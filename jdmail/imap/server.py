@@ -52,10 +52,10 @@ from zope.interface import implementer
 from jdmail.auth import DisabledAccount, IAccountAvatar
 from jdmail.errors import DirectoryUnavailable
 from jdmail.imap import listing
-from jdmail.imap.fetch import Section, parse_fetch, render
+from jdmail.imap.fetch import Section, parse_fetch, record_flags, render
 from jdmail.imap.parser import Atom, ParseError, astring, literal_suffix, parse_command
 from jdmail.imap.responses import (
-    MailboxNameError, SYSTEM_FLAGS, canonical_flag, decode_mailbox, flags_list, format_set,
+    MailboxNameError, SYSTEM_FLAGS, canonical_flag, decode_mailbox, format_set,
     mailbox as mailbox_out, parse_date_time, quoted)
 from jdmail.imap.sequence import SequenceSetError, iter_spans, parse_sequence_set, resolve
 from jdmail.interfaces import FolderError, QuotaExceeded
@@ -668,7 +668,7 @@ class IMAPServer(imap4.IMAP4Server):
     def _flag_fetch(self, seq, record, with_flags=True):
         items = []
         if with_flags:
-            items.append(b"FLAGS " + flags_list(record.flags))
+            items.append(b"FLAGS " + record_flags(record, self._recent_uids()))
         items.append(b"UID %d" % record.uid)
         if self.condstore:
             items.append(b"MODSEQ (%d)" % record.modseq)
@@ -1003,7 +1003,7 @@ class IMAPServer(imap4.IMAP4Server):
             r = folder.records[i]
             if r.modseq > modseq:
                 self._send(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n"
-                           % (i + 1, r.uid, flags_list(r.flags), r.modseq))
+                           % (i + 1, r.uid, record_flags(r, self._recent_uids()), r.modseq))
                 if self._out_size > FLUSH_AT:
                     await self._drain()
 
@@ -1448,13 +1448,14 @@ class IMAPServer(imap4.IMAP4Server):
         missing = False
         services = self.factory.services
         changedsince = req.changedsince
+        recent = self._recent_uids()
         records = folder.records
         if req.index_only:
             for i in iter_spans(spans):
                 record = records[i]
                 if changedsince is not None and record.modseq <= changedsince:
                     continue
-                self._send(render(req, i + 1, record, uid))
+                self._send(render(req, i + 1, record, uid, recent=recent))
                 if self._out_size > FLUSH_AT:
                     await self._drain()
         else:
@@ -1483,7 +1484,7 @@ class IMAPServer(imap4.IMAP4Server):
                 except (OSError, KeyError, LookupError, FolderError):
                     missing = True
                     continue
-                self._send(render(req, i + 1, record, uid, extra, structure, data))
+                self._send(render(req, i + 1, record, uid, extra, structure, data, recent))
                 if self._out_size > FLUSH_AT:
                     await self._drain()
         if missing:
@@ -1501,7 +1502,8 @@ class IMAPServer(imap4.IMAP4Server):
                 size = os.fstat(f.fileno()).st_size
             except (AttributeError, OSError, ValueError):
                 size = record.size
-            head = render(head_req, seq, record, uid, extra, structure)[:-3]     # without ")\r\n"
+            head = render(head_req, seq, record, uid, extra, structure,
+                          recent=self._recent_uids())[:-3]     # without ")\r\n"
             sep = b"" if head.endswith(b"(") else b" "
             self._send(head)
             for sec in req.sections:
@@ -1584,6 +1586,7 @@ class IMAPServer(imap4.IMAP4Server):
         else:
             changed, refused = await _maybe(folder.store_flags(uids, flags, mode))
         refused = set(refused)
+        recent = self._recent_uids()
         changed_uids = {r.uid for r in changed}
         records = folder.records
         for i in iter_spans(spans):
@@ -1594,7 +1597,7 @@ class IMAPServer(imap4.IMAP4Server):
                 if self.condstore and record.uid in changed_uids:
                     self._send(self._flag_fetch(i + 1, record, with_flags=False))
             else:
-                items = [b"FLAGS " + flags_list(record.flags)]
+                items = [b"FLAGS " + record_flags(record, recent)]
                 if uid:
                     items.append(b"UID %d" % record.uid)
                 if self.condstore:

@@ -388,7 +388,7 @@ class AppendFetchTests(IMAPTestCase):
         info = c.select_folder(name)
         self.assertEqual(info[b"UIDVALIDITY"], int(m.group(1)))
         got = c.fetch([1], ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "BODY.PEEK[]"])[1]
-        self.assertEqual(set(got[b"FLAGS"]), {b"\\Seen", b"$Work"})
+        self.assertEqual(set(got[b"FLAGS"]), {b"\\Seen", b"$Work", b"\\Recent"})
         self.assertEqual(got[b"INTERNALDATE"].utctimetuple()[:6], (2024, 3, 5, 8, 20, 30))
         self.assertEqual(got[b"BODY[]"], data)
         self.assertEqual(got[b"RFC822.SIZE"], len(data))
@@ -417,11 +417,11 @@ class AppendFetchTests(IMAPTestCase):
         self.assertEqual(got[b"BODY[2.2.MIME]"], b"Content-Type: text/html; charset=utf-8\r\n\r\n")
         self.assertEqual(got[b"BODY[]<0>"], b"From")
         self.assertEqual(got[b"BODY[HEADER.FIELDS (SUBJECT)]"], b"Subject: multi\r\n\r\n")
-        self.assertEqual(got[b"FLAGS"], ())
-        self.assertEqual(c.get_flags([1])[1], ())
+        self.assertEqual(got[b"FLAGS"], (b"\\Recent",))     # this session is the first to see it
+        self.assertEqual(c.get_flags([1])[1], (b"\\Recent",))
         got = c.fetch([1], ["BODY[1]"])[1]
-        self.assertEqual(got[b"FLAGS"], (b"\\Seen",))
-        self.assertEqual(c.get_flags([1])[1], (b"\\Seen",))
+        self.assertEqual(got[b"FLAGS"], (b"\\Seen", b"\\Recent"))
+        self.assertEqual(c.get_flags([1])[1], (b"\\Seen", b"\\Recent"))
         bs = c.fetch([1], ["BODYSTRUCTURE"])[1][b"BODYSTRUCTURE"]
         self.assertTrue(bs.is_multipart)
 
@@ -460,7 +460,7 @@ class AppendFetchTests(IMAPTestCase):
         self.assertEqual(raw.cmd("FETCH * (UID)"), ["* 3 FETCH (UID 3)", "T OK Fetch completed"])
         self.assertEqual(raw.cmd("FETCH 4 (UID)"), ["T BAD Invalid message sequence number: 4"])
         self.assertEqual(raw.cmd("UID FETCH 10:20 (FLAGS)"), ["T OK UID Fetch completed"])
-        self.assertEqual(raw.cmd("UID FETCH 10:* (FLAGS)"), ["* 3 FETCH (UID 3 FLAGS ())", "T OK UID Fetch completed"])
+        self.assertEqual(raw.cmd("UID FETCH 10:* (FLAGS)"), ["* 3 FETCH (UID 3 FLAGS (\\Recent))", "T OK UID Fetch completed"])
         self.assertEqual(raw.cmd("UID STORE 50 +FLAGS (\\Seen)"), ["T OK UID Store completed"])
         self.assertEqual(raw.cmd("UID SEARCH 2:*"), ["* SEARCH 2 3", "T OK UID Search completed"])
         self.assertEqual(raw.cmd("UID SEARCH 90:*"), ["* SEARCH 3", "T OK UID Search completed"])
@@ -544,7 +544,8 @@ class ExpungeAndSessionsTests(IMAPTestCase):
         self.assertEqual(lines[0], "* SEARCH 1 2 3 4")
         lines = a.cmd("NOOP")
         self.assertEqual(lines[0], "* 2 EXPUNGE")
-        self.assertIn("* 3 FETCH (FLAGS (\\Flagged) UID 4)", lines)
+        self.assertTrue([line for line in lines if re.fullmatch(r"\* 3 FETCH \(FLAGS \(\\Flagged( \\Recent)?\) UID 4\)", line)],
+                        lines)
         c.append(name, message("new one"))
         lines = a.cmd("NOOP")
         self.assertIn("* 4 EXISTS", lines)
@@ -637,7 +638,7 @@ class CondstoreTests(IMAPTestCase):
         self.assertGreater(got[b"MODSEQ"][0], 0)
         self.assertEqual(c.fetch([1], ["FLAGS"], modifiers=[f"CHANGEDSINCE {got[b'MODSEQ'][0]}"]), {})
         changed = c.fetch([1], ["FLAGS"], modifiers=[f"CHANGEDSINCE {got[b'MODSEQ'][0] - 1}"])
-        self.assertEqual(changed[1][b"FLAGS"], (b"\\Answered",))
+        self.assertEqual(changed[1][b"FLAGS"], (b"\\Answered", b"\\Recent"))
 
 
 class QuotaTests(IMAPTestCase):
