@@ -340,6 +340,16 @@ class FramingTests(Base):
         self.assertEqual(s.take(), "* BYE Autologout; idle for too long\r\n")
         self.assertTrue(s.transport.disconnecting)
 
+    def test_trickling_bytes_before_login_do_not_keep_the_connection(self):
+        s = self.session(login=False)
+        out = ""
+        for ch in "a LOGIN bob@example.org":
+            self.reactor.advance(10)
+            out += s.take()
+            s.send(ch)
+        self.assertTrue(s.transport.disconnecting)
+        self.assertEqual(out, "* BYE Autologout; idle for too long\r\n")
+
     def test_timeout_after_login_is_30_minutes(self):
         s = self.session()
         self.reactor.advance(29 * 60)

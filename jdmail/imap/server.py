@@ -349,7 +349,10 @@ class IMAPServer(imap4.IMAP4Server):
         if self._gone or self._closing:
             return
         self._buf += data
-        self.resetTimeout()
+        if self.state != NOT_AUTH:
+            # before login only whole commands count as activity: a client that
+            # trickles a byte a minute does not keep its connection for ever
+            self.resetTimeout()
         self._pump()
 
     def _pump(self):
@@ -406,6 +409,7 @@ class IMAPServer(imap4.IMAP4Server):
             line = bytes(self._buf[start:i + 1])
             self._bufpos = i + 1
             if self._line_waiter is not None:
+                self.resetTimeout()
                 waiter, self._line_waiter = self._line_waiter, None
                 waiter.callback(line.rstrip(b"\r\n"))
                 continue
@@ -486,6 +490,7 @@ class IMAPServer(imap4.IMAP4Server):
     # --- dispatch -----------------------------------------------------------------------
 
     def _dispatch(self, data):
+        self.resetTimeout()
         try:
             tag, cmd, args = parse_command(data)
         except ParseError as e:
