@@ -24,10 +24,15 @@ on Twisted 26.10 / Python 3.11):
   jdmail.mime), SEARCH (jdmail.imap.search) and SORT (jdmail.imap.sort) work
   from the store's index (IAccountStore/IFolder) instead of twisted.mail's
   IMailbox/IMessage objects, so ``UID FETCH 1:* (FLAGS)`` on 100,000 messages
-  opens no file and is streamed in chunks with transport back-pressure.
+  opens no file and is streamed in chunks with transport back-pressure; BODY[]
+  of a message over 1 MB is copied from its file in chunks, never read whole.
 - Commands run one at a time in order (pipelining-safe); untagged EXPUNGE is
   only sent where RFC 3501 7.4.1 allows it (never during FETCH, STORE or SEARCH);
-  responses are collected and written in few writes, with TCP_NODELAY.
+  responses are collected and written in few writes (pipelined commands that
+  complete at once share one write), with TCP_NODELAY.
+- Limits: 8 KB lines/literals and 30 commands before login (whose idle timer
+  only whole commands reset), connections per IP and per user, 30 minutes of
+  idleness after login (RFC 3501 5.4), 20 BAD answers.
 
 Extensions: IDLE, UIDPLUS, MOVE, SPECIAL-USE (+ CREATE-SPECIAL-USE),
 NAMESPACE, QUOTA (RFC 9208), LITERAL+, ENABLE, ID, UNSELECT, CHILDREN,
