@@ -73,7 +73,7 @@ MAX_FOLDERS = 5000
 TRASH_DIR = "jdmail-deleted"     # deleted folders are renamed in here, then removed
 FOLDER_COLUMNS = ("id, name, uidvalidity, uidnext, highestmodseq, first_recent, special_use, messages, bytes, "
                   "new_mtime, new_trusted, cur_mtime, cur_trusted")
-MESSAGE_COLUMNS = "uid, path, flags, modseq, internaldate, size, lf"
+MESSAGE_COLUMNS = "uid, path, flags, modseq, internaldate, size"
 
 _CANONICAL = {f.lower(): f for f in SYSTEM_FLAGS}
 _FLAGSETS = {}
@@ -466,9 +466,13 @@ class AccountState:
                 shutil.rmtree(os.path.join(trash, name), ignore_errors=True)
         conn, how = open_index(self.maildir)
         try:
+            existing = {row[1]: row for row in self._rows(conn)}
+            dirs = self._folder_dirs()
+            special = conn.execute("SELECT value FROM meta WHERE key='special_created'").fetchone()
+            if how == "ok" and "INBOX" in existing and set(existing) - {"INBOX"} == set(dirs):
+                return conn, list(existing.values()), special is not None
             with transaction(conn):
                 existing = {row[1]: row for row in self._rows(conn)}
-                dirs = self._folder_dirs()
                 if "INBOX" not in existing:
                     self._insert_folder(conn, "INBOX")
                 for name in sorted(set(dirs) - set(existing))[:MAX_FOLDERS]:
@@ -550,7 +554,7 @@ class AccountState:
         new_record, set_uid, set_flags, set_modseq, set_size, set_internaldate = (
             _new_object, _set_uid, _set_flags, _set_modseq, _set_size, _set_internaldate)
         total = 0
-        for uid, path, flags, modseq, idate, size, lf in self.conn.execute(
+        for uid, path, flags, modseq, idate, size in self.conn.execute(
                 f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE folder=? ORDER BY uid", (f.id,)):
             if type(path) is bytes:
                 path = path.decode("utf-8", "surrogateescape")
@@ -566,8 +570,8 @@ class AccountState:
             total += size
             if path[0] == "n":
                 in_new.add(uid)
-            if lf:
-                c.lf.add(uid)
+        c.lf.update(row[0] for row in self.conn.execute("SELECT uid FROM messages WHERE folder=? AND lf=1",
+                                                         (f.id,)))
         c.bytes = total
         if (len(uids), total) != (f.messages, f.bytes):
             with transaction(self.conn) as conn:

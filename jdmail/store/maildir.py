@@ -107,10 +107,7 @@ class MaildirMailbox:
     async def list(self):
         st = self._state
 
-        async def work():
-            f = await self._folder()
-            await st._sync(f, load=True)
-            c = f.contents
+        def build(c):       # on the pool, under the user's lock: nobody changes the contents
             infos, files = [], {}
             for uid in c.uids:
                 m = c.msg(uid)
@@ -120,6 +117,11 @@ class MaildirMailbox:
                 files[key] = (uid, m.relpath(), m.lf)
                 infos.append(MessageInfo(key=key, size=m.record.size, flags=m.record.flags & SYSTEM_FLAGS))
             return infos, files
+
+        async def work():
+            f = await self._folder()
+            await st._sync(f, load=True)
+            return await st.blocking(build, f.contents)
         infos, self._files = await st.call(work)
         return infos
 
