@@ -291,13 +291,46 @@ def run(args, tmp):
                 except Exception as e:   # noqa: BLE001
                     details[t.name]["errors"].append(f"mixed load round {rnd + 1}: {e!r}")
                     say(f"{tag} {t.label}: mixed load failed: {e!r}")
+        result["checks"] = cross_check(details)
+        for line in result["checks"]:
+            say(line)
         result["rows"] = rows(args, details)
-        failed = any(details[t.name]["errors"] for t in running)
+        failed = (any(details[t.name]["errors"] for t in running)
+                  or any("DIFFER" in c or "different answers" in c for c in result["checks"]))
         result["exit"] = 1 if failed else 0
         return result
     finally:
         for t in targets:
             t.stop()
+
+
+def cross_check(details):
+    """Both servers must give the same answers on the big mailbox: message count,
+    FETCH lines, UNSEEN count and the spread of flags."""
+    seen = {}
+    for name, d in details.items():
+        answers = [d["big_cold"]] if d.get("big_cold") else []
+        answers += d.get("big", [])
+        for a in answers:
+            key = (a.get("exists"), a.get("fetched"), a.get("unseen"), tuple(sorted(a.get("flags", {}).items())))
+            seen.setdefault(name, set()).add(key)
+    if not seen:
+        return []
+    out = []
+    for name, keys in seen.items():
+        if len(keys) > 1:
+            out.append(f"check: {name} gave different answers on the big mailbox from one session to the next: {sorted(keys)[:2]}")
+    distinct = {k for keys in seen.values() for k in keys}
+    if len(seen) > 1 and len(distinct) > 1:
+        for name, keys in seen.items():
+            k = sorted(keys)[0]
+            out.append(f"check: big mailbox answers DIFFER: {name}: {k[0]} messages, {k[1]} FETCH lines, "
+                       f"{k[2]} unseen, flags {dict(k[3])}")
+    elif len(distinct) == 1:
+        k = next(iter(distinct))
+        out.append(f"check: big mailbox answers agree{' on every server' if len(seen) > 1 else ''}: {k[0]} messages, "
+                   f"{k[1]} FETCH lines, {k[2]} unseen, flags {dict(k[3])}")
+    return out
 
 
 def _med(details, name, part, key):

@@ -8,6 +8,7 @@ run can show the generator was not the bottleneck.
 
 import asyncio
 import random
+import re
 import socket
 import statistics
 import time
@@ -401,6 +402,16 @@ class BlockingClient:
         self.s.close()
 
 
+def flag_counts(data):
+    """{'\\Flagged \\Seen': n, ...} over a FETCH (FLAGS) answer, \\Recent left out
+    (servers differ on it by design): lets a run check both servers saw the same flags."""
+    counts = {}
+    for m in re.finditer(rb"FLAGS \(([^)]*)\)", data):
+        key = " ".join(sorted(f for f in m.group(1).decode("ascii", "replace").split() if f != "\\Recent"))
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def big_mailbox(port, user, password, expect, timeout=600):
     """One session on the big mailbox: SELECT, UID FETCH 1:* (FLAGS), SEARCH UNSEEN.
     Returns {op: milliseconds} and counts to check the answers are whole."""
@@ -422,6 +433,7 @@ def big_mailbox(port, user, password, expect, timeout=600):
             raise IMAPError(f"UID FETCH: {data[-300:]!r}")
         out["fetch_flags_ms"] = dt * 1000
         out["fetched"] = data.count(b" FETCH (")
+        out["flags"] = flag_counts(data)
         status, data, dt = c.command(b"SEARCH UNSEEN")
         if status != b"OK":
             raise IMAPError(f"SEARCH UNSEEN: {data[-300:]!r}")

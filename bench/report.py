@@ -81,6 +81,7 @@ def table(result):
         out.append("  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
                              for i, (c, w) in enumerate(zip(cells, widths))))
     out.extend(per_command(result))
+    out.extend(result.get("checks", []))
     for s in order:
         st = status.get(s, {})
         if st.get("status", "ok") != "ok":
