@@ -579,6 +579,41 @@ class FetchTests(Base):
         self.assertEqual(a.cmd("c NOOP"), ["* 2 EXPUNGE", "c OK Noop completed"])
 
 
+class StructureBatchTests(Base):
+    """A folder with ``structures(uids)`` is asked for many structures at once."""
+
+    def batched(self, count):
+        s = self.selected(messages=[M1, M2, M3] * (count // 3))
+        folder = s.proto.folder
+        calls = []
+
+        def structures(uids):
+            calls.append(list(uids))
+            return {u: MessageStructure.parse(folder.box.messages[u].data) for u in uids
+                    if u in folder.box.messages}
+        folder.structures = structures
+        folder.structure = None         # never called
+        return s, calls
+
+    def test_fetch_envelope(self):
+        s, calls = self.batched(1200)
+        out = s.send("a FETCH 1:* (ENVELOPE)\r\n")
+        self.assertEqual(out.count(" FETCH (ENVELOPE ("), 1200)
+        self.assertTrue(out.endswith("a OK Fetch completed\r\n"))
+        self.assertEqual([len(c) for c in calls], [500, 500, 200])
+
+    def test_search_subject(self):
+        s, calls = self.batched(1200)
+        self.assertEqual(s.cmd("a SEARCH SUBJECT multi")[0].split()[2:5], ["2", "5", "8"])
+        self.assertEqual([len(c) for c in calls], [500, 500, 200])
+
+    def test_gone_messages(self):
+        s, calls = self.batched(3)
+        del s.proto.folder.box.messages[2]
+        self.assertEqual(s.cmd("a FETCH 1:3 (UID ENVELOPE)")[-1],
+                         "a NO [EXPUNGEISSUED] Some messages were expunged by another session")
+
+
 class StreamingTests(Base):
 
     def test_big_fetch_is_chunked_and_waits_for_the_transport(self):

@@ -63,12 +63,7 @@ from jdmail.imap.responses import (
     MailboxNameError, SYSTEM_FLAGS, canonical_flag, decode_mailbox, format_set,
     mailbox as mailbox_out, parse_date_time, quoted)
 from jdmail.imap.sequence import SequenceSetError, iter_spans, parse_sequence_set, resolve
-from jdmail.interfaces import FolderError, QuotaExceeded
-try:
-    from jdmail.interfaces import FolderGone
-except ImportError:     # pragma: no cover - older interfaces module
-    class FolderGone(FolderError):
-        pass
+from jdmail.interfaces import FolderError, FolderGone, QuotaExceeded
 from jdmail.limits import ConnectionCounter
 
 __all__ = ["IMAPServer", "IMAPFactory"]
@@ -85,6 +80,7 @@ FLUSH_AT = 64 * 1024                # FETCH/SEARCH output is written in chunks o
 INLINE_READ = 64 * 1024             # smaller messages are read in the reactor thread
 STREAM_AT = 1024 * 1024             # BODY[] of bigger messages is streamed from the file
 STREAM_CHUNK = 256 * 1024
+BATCH = 500                         # messages whose MIME structures are asked for at once
 IDLE_KEEPALIVE = 120.0              # "* OK Still here" while idling
 IDLE_POLL = 30.0                    # re-check the folder while idling, besides its notifications
 
@@ -1456,7 +1452,6 @@ class IMAPServer(imap4.IMAP4Server):
                     extras.append("MODSEQ")
                 seen_set = set(unseen)
         missing = False
-        services = self.factory.services
         changedsince = req.changedsince
         recent = self._recent_uids()
         records = folder.records
@@ -1475,31 +1470,62 @@ class IMAPServer(imap4.IMAP4Server):
             if whole_only:
                 head_req = copy.copy(req)
                 head_req.items = [item for item in req.items if not isinstance(item, Section)]
-            for i in iter_spans(spans):
-                record = folder.records[i]
-                if changedsince is not None and record.modseq <= changedsince:
-                    continue
-                structure = data = None
-                extra = extras if record.uid in seen_set else ()
-                try:
-                    if req.needs_structure:
-                        structure = await _maybe(folder.structure(record.uid))
-                    if whole_only and record.size > STREAM_AT:
-                        await self._fetch_streamed(req, head_req, i + 1, record, uid, extra, structure)
-                        continue
-                    if req.needs_data:
-                        data = await self._read_message(folder, record, services)
-                except FolderGone:
-                    raise
-                except (OSError, KeyError, LookupError, FolderError):
-                    missing = True
-                    continue
-                self._send(render(req, i + 1, record, uid, extra, structure, data, recent))
-                if self._out_size > FLUSH_AT:
-                    await self._drain()
+            wanted = [i for i in iter_spans(spans)
+                      if changedsince is None or folder.records[i].modseq > changedsince]
+            for k in range(0, len(wanted), BATCH):
+                batch = wanted[k:k + BATCH]
+                structures = None
+                if req.needs_structure:
+                    structures = await self._structures(folder, [folder.records[i].uid for i in batch])
+                for i in batch:
+                    record = folder.records[i]
+                    structure = None
+                    if structures is not None:
+                        structure = structures.get(record.uid)
+                        if structure is None:
+                            missing = True
+                            continue
+                    done = await self._fetch_one(req, head_req, whole_only, i + 1, record, uid,
+                                                 extras if record.uid in seen_set else (), structure, recent)
+                    missing |= not done
+                    if self._out_size > FLUSH_AT:
+                        await self._drain()
         if missing:
             raise No("Some messages were expunged by another session", "EXPUNGEISSUED")
         return None
+
+    async def _fetch_one(self, req, head_req, whole_only, seq, record, uid, extra, structure, recent):
+        """One message's FETCH response that needs its file; False when it is gone."""
+        data = None
+        try:
+            if whole_only and record.size > STREAM_AT:
+                await self._fetch_streamed(req, head_req, seq, record, uid, extra, structure)
+                return True
+            if req.needs_data:
+                data = await self._read_message(self.folder, record, self.factory.services)
+        except FolderGone:
+            raise
+        except (OSError, KeyError, LookupError, FolderError):
+            return False
+        self._send(render(req, seq, record, uid, extra, structure, data, recent))
+        return True
+
+    async def _structures(self, folder, uids):
+        """{uid: MIME structure} for ``uids``; messages that are gone are left out. Uses
+        the folder's batch ``structures(uids)`` when it has one (one index query and one
+        thread hop for many messages), else ``structure(uid)`` per message."""
+        batch = getattr(folder, "structures", None)
+        if batch is not None:
+            return dict(await _maybe(batch(uids)))
+        out = {}
+        for uid in uids:
+            try:
+                out[uid] = await _maybe(folder.structure(uid))
+            except FolderGone:
+                raise
+            except (OSError, KeyError, LookupError, FolderError):
+                pass
+        return out
 
     async def _fetch_streamed(self, req, head_req, seq, record, uid, extra, structure):
         """One FETCH response whose BODY[] sections are copied from the message file in
@@ -1700,20 +1726,28 @@ class IMAPServer(imap4.IMAP4Server):
         recent = self._recent_uids()
         records = folder.records
         services = self.factory.services
+        if not needs:
+            return [_SearchMessage(i + 1, record, record.uid in recent) for i, record in enumerate(records)]
         out = []
-        for i, record in enumerate(records):
-            msg = _SearchMessage(i + 1, record, record.uid in recent)
-            if needs:
-                try:
-                    if "structure" in needs:
-                        msg._structure = await _maybe(folder.structure(record.uid))
-                    if "data" in needs:
+        for k in range(0, len(records), BATCH):
+            chunk = records[k:k + BATCH]
+            structures = None
+            if "structure" in needs:
+                structures = await self._structures(folder, [r.uid for r in chunk])
+            for j, record in enumerate(chunk):
+                msg = _SearchMessage(k + j + 1, record, record.uid in recent)
+                if structures is not None:
+                    msg._structure = structures.get(record.uid)
+                    if msg._structure is None:
+                        continue
+                if "data" in needs:
+                    try:
                         msg._data = await self._read_message(folder, record, services)
-                except FolderGone:
-                    raise
-                except (OSError, KeyError, LookupError, FolderError):
-                    continue
-            out.append(msg)
+                    except FolderGone:
+                        raise
+                    except (OSError, KeyError, LookupError, FolderError):
+                        continue
+                out.append(msg)
         return out
 
     async def _search(self, args, uid):
