@@ -346,7 +346,17 @@ class IFolder(Interface):
 
     def structure(uid):
         """The message's parsed MIME structure (jdmail.mime.MessageStructure), cached in
-        the index after the first parse (Deferred/coroutine)."""
+        the index after the first parse (Deferred/coroutine). Raises FileNotFoundError
+        when the message is gone."""
+
+    def structures(uids):
+        """``{uid: MessageStructure}`` for many messages at once (Deferred/coroutine);
+        the IMAP server calls it for FETCH ENVELOPE/BODY[STRUCTURE]/sections and for
+        SEARCH and SORT keys that need headers, in batches of a few hundred UIDs.
+        Messages that are gone (expunged, or their file vanished) are left out, never
+        an error. Equal to ``structure(uid)`` for each UID, but the blocking work
+        (one index query for the cached ones, parsing the rest, one transaction to
+        cache them) runs on the thread pool in a few calls, not one per message."""
 
     def vanished_since(modseq):
         """UIDs expunged after ``modseq`` (QRESYNC VANISHED (EARLIER))."""

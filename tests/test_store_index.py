@@ -16,9 +16,10 @@ from zope.interface.verify import verifyObject
 
 from jdmail.interfaces import FolderGone, IAccountStore, IFolder, IMessageStore, MessageRecord
 from jdmail.store import folders as folders_module
+from jdmail.store.files import order_key
 from jdmail.store.index import INDEX_NAME
 from jdmail.store.maildir import MaildirStore
-from tests.fixtures.maildir_gen import generate
+from tests.fixtures.maildir_gen import generate, message
 from tests.test_store_maildir import make_services
 
 ALICE = "example.org/alice"
@@ -74,7 +75,9 @@ class StoreTestCase(unittest.TestCase):
         return os.path.join(path, folder) if folder else path
 
     def files(self, sub, key=ALICE, folder=None):
-        return sorted(os.listdir(os.path.join(self.maildir(key, folder), sub)))
+        """The file names in a sub-directory, in delivery order (the microseconds in a
+        name are not zero-padded, so sorting the names as strings is not that)."""
+        return sorted(os.listdir(os.path.join(self.maildir(key, folder), sub)), key=lambda n: order_key(n, 0))
 
     async def deliver(self, data=MESSAGE, keys=(ALICE,)):
         self.spools += 1
@@ -577,6 +580,200 @@ class StructureTests(StoreTestCase):
         self.addCleanup(copies.close)
         self.assertEqual((await copies.structure(copies.records[0].uid)).data, MESSAGE)
         self.assertEqual(StubStructure.parsed, 1)
+
+
+class StructureBatchTests(StoreTestCase):
+    """IFolder.structures(uids): one pool call and one transaction per chunk."""
+
+    def count_pool_calls(self):
+        calls = []
+        real = self.services.run_blocking
+
+        def run_blocking(f, *args, **kw):
+            calls.append(getattr(f, "__name__", f))
+            return real(f, *args, **kw)
+        self.patch(self.services, "run_blocking", run_blocking)
+        return calls
+
+    def count_commits(self):
+        conn = self.store._accounts[ALICE].conn
+        commits = []
+        conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+
+        def stop():
+            try:
+                conn.set_trace_callback(None)
+            except sqlite3.ProgrammingError:
+                pass                    # closed by a restart
+        self.addCleanup(stop)
+        return commits
+
+    async def big_view(self, count):
+        generate(self.maildir(), count)
+        return await self.open()
+
+    async def test_batch_equals_per_message_with_real_parser(self):
+        from jdmail.mime import MessageStructure
+        from tests.test_mime import CORPUS
+        self.store._structure_class = MessageStructure
+        names = sorted(n for n in os.listdir(CORPUS) if n.endswith(".eml"))
+        for name in names:
+            with open(os.path.join(CORPUS, name), "rb") as f:
+                await self.deliver(f.read())
+        view = await self.open()
+        uids = [r.uid for r in view.records]
+        self.assertEqual(len(uids), len(names))
+        batch = await view.structures(uids)
+        self.assertEqual(sorted(batch), uids)
+        for uid in uids:
+            with view.open_message(uid) as f:
+                fresh = MessageStructure.parse(f.read())
+            single = await view.structure(uid)
+            for s in (batch[uid], single):
+                self.assertEqual(s.envelope(), fresh.envelope(), uid)
+                self.assertEqual(s.bodystructure(True), fresh.bodystructure(True), uid)
+                self.assertEqual(s.bodystructure(False), fresh.bodystructure(False), uid)
+        # and from the cache, after a restart
+        view.close()
+        self.restart()
+        self.store._structure_class = MessageStructure
+        view = await self.open()
+        cached = await view.structures(uids)
+        for uid in uids:
+            self.assertEqual(cached[uid].envelope(), batch[uid].envelope(), uid)
+            self.assertEqual(cached[uid].bodystructure(True), batch[uid].bodystructure(True), uid)
+
+    async def test_one_pool_call_and_one_commit_per_batch(self):
+        view = await self.big_view(500)
+        calls = self.count_pool_calls()
+        commits = self.count_commits()
+        StubStructure.parsed = 0
+        got = await view.structures([r.uid for r in view.records])
+        self.assertEqual(len(got), 500)
+        self.assertEqual(got[7].data, message(6))
+        self.assertEqual(StubStructure.parsed, 500)
+        self.assertEqual(calls, ["_structures_io"])
+        self.assertEqual(len(commits), 1)
+        conn = self.store._accounts[ALICE].conn
+        self.assertEqual(conn.execute("SELECT COUNT(*) FROM structures").fetchone()[0], 500)
+
+    async def test_parsed_once_then_cached(self):
+        view = await self.big_view(20)
+        StubStructure.parsed = 0
+        first = await view.structures(range(1, 11))
+        self.assertEqual(StubStructure.parsed, 10)
+        commits = self.count_commits()
+        both = await view.structures(range(1, 21))         # 10 cached, 10 new
+        self.assertEqual(StubStructure.parsed, 20)
+        self.assertEqual(len(commits), 1)
+        again = await view.structures(range(1, 21))
+        self.assertEqual(StubStructure.parsed, 20)
+        self.assertEqual(len(commits), 1)                  # nothing new: no transaction
+        self.assertEqual({u: s.data for u, s in first.items()}, {u: both[u].data for u in first})
+        self.assertEqual({u: s.data for u, s in both.items()}, {u: s.data for u, s in again.items()})
+        view.close()
+        self.restart()
+        view = await self.open()
+        self.assertEqual(len(await view.structures(range(1, 21))), 20)
+        self.assertEqual(StubStructure.parsed, 20)
+
+    async def test_vanished_and_unknown_uids_left_out(self):
+        for _ in range(3):
+            await self.deliver()
+        view = await self.open()
+        os.unlink(os.path.join(self.maildir(), "new", self.files("new")[1]))
+        StubStructure.parsed = 0
+        got = await view.structures([3, 2, 1, 1, 99])
+        self.assertEqual(sorted(got), [1, 3])
+        self.assertEqual(StubStructure.parsed, 2)
+        with self.assertRaises(FileNotFoundError):
+            await view.structure(2)
+        with self.assertRaises(FileNotFoundError):
+            await view.structure(99)
+        self.assertEqual(await view.structures([]), {})
+        conn = self.store._accounts[ALICE].conn
+        self.assertEqual([r[0] for r in conn.execute("SELECT uid FROM structures ORDER BY uid")], [1, 3])
+
+    async def test_expunged_by_another_session_left_out(self):
+        for _ in range(2):
+            await self.deliver()
+        a = await self.open()
+        b = await self.open()
+        await b.store_flags([1], ["\\Deleted"], "+")
+        await b.expunge()
+        self.assertEqual([r.uid for r in a.records], [1, 2])       # a has not refreshed
+        self.assertEqual(sorted(await a.structures([1, 2])), [2])
+        conn = self.store._accounts[ALICE].conn
+        self.assertEqual([r[0] for r in conn.execute("SELECT uid FROM structures")], [2])
+
+    async def test_files_renamed_by_another_program_are_found(self):
+        for _ in range(3):
+            await self.deliver()
+        view = await self.open()
+        new, cur = (os.path.join(self.maildir(), sub) for sub in ("new", "cur"))
+        names = self.files("new")
+        os.rename(os.path.join(new, names[0]), os.path.join(cur, names[0] + ":2,S"))
+        # letters only other programs set: found by listing the directories once
+        os.rename(os.path.join(new, names[1]), os.path.join(cur, names[1] + ":2,Sa"))
+        os.rename(os.path.join(new, names[2]), os.path.join(cur, names[2] + ":2,b"))
+        got = await view.structures([1, 2, 3])
+        self.assertEqual({u: s.data for u, s in got.items()}, {1: MESSAGE, 2: MESSAGE, 3: MESSAGE})
+
+    async def test_bare_lf_file_parsed_with_crlf(self):
+        view = await self.open()
+        self.drop("1700000000.foreign.host", b"Subject: lf\n\nbody\n")
+        self.bump("new")
+        await view.refresh()
+        self.assertEqual((await view.structures([1]))[1].data, b"Subject: lf\r\n\r\nbody\r\n")
+
+    async def test_unreadable_cache_is_parsed_again(self):
+        view = await self.big_view(3)
+        await view.structures([1, 2, 3])
+        conn = self.store._accounts[ALICE].conn
+        conn.execute("UPDATE structures SET data=? WHERE uid=2", (b"garbage",))
+        StubStructure.parsed = 0
+        got = await view.structures([1, 2, 3])
+        self.assertEqual(got[2].data, message(1))
+        self.assertEqual(StubStructure.parsed, 1)
+        self.assertEqual(len(self.flushLoggedErrors(AssertionError)), 1)
+        self.assertEqual(conn.execute("SELECT data FROM structures WHERE uid=2").fetchone()[0],
+                         b"STUB" + message(1))
+
+    async def test_big_requests_in_chunks_releasing_the_lock(self):
+        self.patch(folders_module, "STRUCTURE_CHUNK", 4)
+        view = await self.big_view(10)
+        calls = self.count_pool_calls()
+        st = self.store._accounts[ALICE]
+        held = []
+        real = view._structures_io
+
+        def io(uids, cls):
+            held.append(len(uids))
+            return real(uids, cls)
+        self.patch(view, "_structures_io", io)
+        # another session's flag change waits for one chunk, not for all of them
+        other = await self.open()
+        d = view.structures(range(1, 11))
+        await other.store_flags([5], ["\\Seen"], "+")
+        self.assertLess(len(held), 3)
+        got = await d
+        self.assertEqual(sorted(got), list(range(1, 11)))
+        self.assertEqual(held, [4, 4, 2])
+        self.assertEqual(calls.count("io"), 3)
+        self.assertFalse(st.lock.locked)
+
+    async def test_chunks_limited_by_size(self):
+        self.patch(folders_module, "STRUCTURE_CHUNK_BYTES", 150)
+        view = await self.big_view(6)
+        sizes = [r.size for r in view.records]
+        self.assertTrue(all(60 < n < 150 for n in sizes), sizes)
+        calls = self.count_pool_calls()
+        got = await view.structures(range(1, 7))
+        self.assertEqual(len(got), 6)
+        self.assertEqual(calls, ["_structures_io"] * 3)
+        # cached blobs are not file reads: one call
+        self.assertEqual(len(await view.structures(range(1, 7))), 6)
+        self.assertEqual(len(calls), 4)
 
 
 class BigFolderTests(StoreTestCase):

@@ -25,6 +25,13 @@ record the directory's new mtime when it had not changed behind our back before 
 So SELECT, ``UID FETCH 1:* (FLAGS)``, flag-only SEARCH and STATUS never open a message
 file and never stat one.
 
+MIME structures (FETCH ENVELOPE/BODYSTRUCTURE, SEARCH and SORT on headers) are parsed
+when first asked for and cached in the index's ``structures`` table (COPY and MOVE
+take the cached rows along). ``FolderView.structures(uids)`` works in chunks of
+``STRUCTURE_CHUNK``: per chunk one pool call, under the lock, reads the cached blobs
+with one query, parses the other files and caches them in one transaction; the lock
+is released between chunks, so the user's other sessions go on in between.
+
 Flags: the five IMAP system flags live in the file name (``:2,DFRST``, letters other
 programs set are kept), keywords only in the index. A flag change renames the file
 (new/ -> cur/); a name changed by another program changes the IMAP flags (and MODSEQ)
@@ -70,6 +77,9 @@ __all__ = ["AccountState", "Folder", "FolderView", "MaildirAccount", "normalize_
 
 SETTLE_NS = 2_000_000_000        # a directory mtime younger than this (vs. our listing) is not trusted
 MAX_FOLDERS = 5000
+STRUCTURE_CHUNK = 500            # UIDs per pool call of FolderView.structures ...
+STRUCTURE_CHUNK_BYTES = 16 << 20  # ... which stops once it has read this many octets of files
+SQL_VARIABLES = 500              # uids per "IN (...)" (SQLite before 3.32 allows 999 variables)
 TRASH_DIR = "jdmail-deleted"     # deleted folders are renamed in here, then removed
 FOLDER_COLUMNS = ("id, name, uidvalidity, uidnext, highestmodseq, first_recent, special_use, messages, bytes, "
                   "new_mtime, new_trusted, cur_mtime, cur_trusted")
@@ -1634,8 +1644,9 @@ class FolderView:
             return read_crlf(path)
         return open_nofollow(path)
 
-    def _locate(self, m):
-        """The file of a Msg; when another program renamed it (flags), look for it."""
+    def _locate(self, m, found=None):
+        """The file of a Msg; when another program renamed it (flags), look for it.
+        ``found`` (a dict) lets a batch list new/ and cur/ once for all its misses."""
         f = self.folder
         path = os.path.join(f.path, m.relpath())
         if os.path.lexists(path):
@@ -1648,53 +1659,126 @@ class FolderView:
         for p in tries:
             if os.path.lexists(p):
                 return p
-        for sub in ("cur", "new"):
-            with os.scandir(os.path.join(f.path, sub)) as it:
-                for entry in it:
-                    if split_name(entry.name)[0] == m.base:
-                        return entry.path
-        raise FileNotFoundError(errno.ENOENT, f"message UID {m.record.uid} is gone")
+        if found is None:
+            for sub in ("cur", "new"):
+                with os.scandir(os.path.join(f.path, sub)) as it:
+                    for entry in it:
+                        if split_name(entry.name)[0] == m.base:
+                            return entry.path
+            raise FileNotFoundError(errno.ENOENT, f"message UID {m.record.uid} is gone")
+        if not found:
+            found[None] = None          # listed (even when both are empty)
+            for sub in ("cur", "new"):
+                try:
+                    with os.scandir(os.path.join(f.path, sub)) as it:
+                        for entry in it:
+                            found.setdefault(split_name(entry.name)[0], entry.path)
+                except FileNotFoundError:
+                    pass
+        path = found.get(m.base)
+        if path is None:
+            raise FileNotFoundError(errno.ENOENT, f"message UID {m.record.uid} is gone")
+        return path
 
     async def structure(self, uid):
+        got = await self.structures([uid])
+        structure = got.get(uid)
+        if structure is None:
+            raise FileNotFoundError(errno.ENOENT, f"message UID {uid} was expunged")
+        return structure
+
+    async def structures(self, uids):
+        """{uid: MessageStructure} for ``uids``; see IFolder.structures.
+
+        Per chunk of at most STRUCTURE_CHUNK UIDs, one pool call under the user's lock
+        reads the cached blobs with one query, parses the files of the others and
+        stores their blobs in one transaction (a call that has read
+        STRUCTURE_CHUNK_BYTES of files stops there; the next one goes on). The lock is
+        released between calls, so the user's other sessions get their turn. The
+        reactor only slices the UID list: Msgs are made on the pool thread."""
         self._check()
         st = self._state
-        f = self.folder
-        m = f.contents.msg(uid) if f.contents is not None else None
-        if m is None:
-            raise FileNotFoundError(errno.ENOENT, f"message UID {uid} was expunged")
         cls = st.store.structure_class()
+        wanted = sorted(set(uids))
+        out = {}
+        k = 0
+        while k < len(wanted):
+            chunk = wanted[k:k + STRUCTURE_CHUNK]
 
-        def cached():
-            row = st.conn.execute("SELECT data FROM structures WHERE folder=? AND uid=?", (f.id, uid)).fetchone()
-            return None if row is None else bytes(row[0])
+            async def work(chunk=chunk):
+                self._check()
+                return await st.blocking(self._structures_io, chunk, cls)
+            got, done = await st.call(work)
+            out.update(got)
+            k += done
+        return out
 
-        async def read_cache():
-            return await st.blocking(cached)
-        data = await st.call(read_cache)
-        if data is not None:
+    def _structures_io(self, uids, cls):
+        """Pool thread, lock held: the structures of ``uids`` (ascending), from the index
+        where cached, else parsed from the file and cached (one transaction). Messages
+        that are gone (expunged, file vanished or unreadable) are left out. Returns
+        ({uid: structure}, how many of ``uids`` were done: all, unless the files read
+        reached STRUCTURE_CHUNK_BYTES)."""
+        f = self.folder
+        c = f.contents
+        if c is None:
+            return {}, len(uids)
+        records = c.records
+        known = [uid for uid in uids if uid in records]
+        conn = self._state.conn
+        blobs = {}
+        for i in range(0, len(known), SQL_VARIABLES):
+            part = known[i:i + SQL_VARIABLES]
+            blobs.update(conn.execute(f"SELECT uid, data FROM structures WHERE folder=? AND uid IN "
+                                      f"({','.join('?' * len(part))})", (f.id, *part)))
+        out = {}
+        fresh = []
+        found = {}
+        budget = STRUCTURE_CHUNK_BYTES
+        done = len(uids)
+        for i, uid in enumerate(uids):
+            blob = blobs.get(uid)
+            if blob is not None:
+                try:
+                    out[uid] = cls.from_bytes(bytes(blob))
+                    continue
+                except Exception:
+                    self.log.failure("cached structure of UID {uid} unreadable; parsing again", uid=uid)
+            m = c.msg(uid)
+            if m is None:
+                continue
             try:
-                return cls.from_bytes(data)
+                path = self._locate(m, found)
+                with (read_crlf(path) if m.lf else open_nofollow(path)) as fp:
+                    data = fp.read()
+            except FileNotFoundError:
+                continue                # removed by another program: the next sync expunges it
+            except OSError as e:
+                self.log.warn("maildir: cannot read UID {uid} of {folder}: {error}", uid=uid, folder=f.name,
+                              error=str(e))
+                continue
+            try:
+                structure = cls.parse(data)
+                blob = structure.to_bytes()
             except Exception:
-                self.log.failure("cached structure of UID {uid} unreadable; parsing again", uid=uid)
-
-        def parse():
-            path = self._locate(m)
-            with (read_crlf(path) if m.lf else open_nofollow(path)) as fp:
-                structure = cls.parse(fp.read())
-            return structure, structure.to_bytes()
-        structure, blob = await st.blocking(parse)
-
-        def save():
-            with transaction(st.conn) as conn:
-                if conn.execute("SELECT 1 FROM messages WHERE folder=? AND uid=?", (f.id, uid)).fetchone():
-                    conn.execute("INSERT OR REPLACE INTO structures (folder, uid, data) VALUES (?, ?, ?)",
-                                 (f.id, uid, blob))
-
-        async def write_cache():
-            if not f.gone:
-                await st.blocking(save)
-        await st.call(write_cache)
-        return structure
+                self.log.failure("maildir: cannot parse UID {uid} of {folder}", uid=uid, folder=f.name)
+                continue
+            out[uid] = structure
+            fresh.append((f.id, uid, blob, f.id, uid))
+            budget -= len(data)
+            if budget <= 0:
+                done = i + 1
+                break
+        if fresh and not f.gone:
+            try:
+                with transaction(conn):
+                    conn.executemany("INSERT OR REPLACE INTO structures (folder, uid, data) SELECT ?, ?, ? "
+                                     "WHERE EXISTS (SELECT 1 FROM messages WHERE folder=? AND uid=?)", fresh)
+            except sqlite3.OperationalError as e:
+                # only a cache: the answer stands, the next call parses again
+                self.log.warn("index: cannot cache {n} structures of {folder}: {error}", n=len(fresh),
+                              folder=f.name, error=str(e))
+        return out, done
 
     async def vanished_since(self, modseq):
         st = self._state
