@@ -1719,15 +1719,18 @@ class IMAPServer(imap4.IMAP4Server):
         except SearchError as e:
             raise self._search_error(e) from None
 
-    async def _candidates(self, program):
-        """Every message in the view with what ``program.needs`` loaded."""
+    async def _candidates(self, program, keep=None):
+        """Every message in the view with what ``program.needs`` loaded; with ``keep``
+        (a predicate) only those it accepts, tested batch by batch: the reactor is
+        free between batches and the others' octets and structures are let go."""
         folder = self.folder
         needs = set(getattr(program, "needs", ()) or ())
         recent = self._recent_uids()
         records = folder.records
         services = self.factory.services
         if not needs:
-            return [_SearchMessage(i + 1, record, record.uid in recent) for i, record in enumerate(records)]
+            msgs = [_SearchMessage(i + 1, record, record.uid in recent) for i, record in enumerate(records)]
+            return msgs if keep is None else [m for m in msgs if keep(m)]
         out = []
         for k in range(0, len(records), BATCH):
             chunk = records[k:k + BATCH]
@@ -1747,7 +1750,8 @@ class IMAPServer(imap4.IMAP4Server):
                         raise
                     except (OSError, KeyError, LookupError, FolderError):
                         continue
-                out.append(msg)
+                if keep is None or keep(msg):
+                    out.append(msg)
         return out
 
     async def _search(self, args, uid):
@@ -1776,7 +1780,13 @@ class IMAPServer(imap4.IMAP4Server):
             self._enable_condstore()
         records = self.folder.records
         ctx = SimpleNamespace(last_seq=len(records), last_uid=records[-1].uid if records else 0)
-        hits = [m for m in await self._candidates(program) if match(program, m, ctx)]
+
+        def keep(m):
+            if match(program, m, ctx):
+                m._data = m._structure = None       # only seq, uid and modseq are used below
+                return True
+            return False
+        hits = await self._candidates(program, keep)
         numbers = [m.uid if uid else m.seq for m in hits]
         top_modseq = max((m.modseq for m in hits), default=0)
         if returns is None:
