@@ -1826,7 +1826,7 @@ class IMAPServer(imap4.IMAP4Server):
         records = self.folder.records
         ctx = SimpleNamespace(last_seq=len(records), last_uid=records[-1].uid if records else 0)
         holder = SimpleNamespace(needs=set(program.needs) | set(sort_program.needs))
-        hits = [m for m in await self._candidates(holder) if match(program, m, ctx)]
+        hits = await self._candidates(holder, lambda m: match(program, m, ctx))
         numbers = [m.uid if uid else m.seq for m in sort_messages(sort_program, hits)]
         self._send(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
         return None
