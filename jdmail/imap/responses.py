@@ -100,6 +100,8 @@ def parse_date_time(text):
     if not (1 <= day <= 31 and hh < 24 and mm < 60 and ss < 61 and int(zm) < 60):
         raise ValueError("date-time out of range")
     try:
+        if day > calendar.monthrange(year, month)[1]:       # 31-Feb: timegm would make it 2-Mar
+            raise ValueError
         ts = calendar.timegm((year, month, day, hh, mm, min(ss, 59), 0, 0, 0))
         time.gmtime(ts)
     except (OverflowError, ValueError, OSError):

@@ -748,7 +748,10 @@ class IMAPServer(imap4.IMAP4Server):
     async def _folder_error(self, e, name):
         """NO for a FolderError from APPEND/COPY/MOVE: TRYCREATE when the folder is missing."""
         code = getattr(e, "code", None)
-        if code is None and not await self._folder_exists(name):
+        # no TRYCREATE for a name CREATE would refuse too ("../x", "/abs"): it promises
+        # the client that creating the mailbox first makes the command work
+        invalid = str(e).startswith("Invalid mailbox name")
+        if code is None and not invalid and not await self._folder_exists(name):
             code = "TRYCREATE"
         return No(str(e) or "Mailbox does not exist", code)
 
@@ -1687,7 +1690,9 @@ class IMAPServer(imap4.IMAP4Server):
         if move:
             if code:
                 self._send(b"* OK [" + code.encode() + b"] Moved\r\n")
-            self._report_expunged([u for u in uids])
+            # only what left this view: a message another session expunged first is
+            # still in it, and its EXPUNGE comes with the next sync (once, not twice)
+            self._report_expunged([u for u in uids if self._seq_of(u) is None])
             if self.qresync:
                 return "HIGHESTMODSEQ %d" % folder.highestmodseq, "Move completed"
             return "Move completed"
