@@ -397,3 +397,61 @@ class IDeliveryAgent(Interface):
 
     def deliver(envelope, path):
         """Deliver the fsynced message at ``path``; return {recipient: None or error text}."""
+
+
+@dataclass
+class QueuedRecipient:
+    """One recipient of a queued message and where its delivery stands."""
+    address: str
+    state: str = "pending"        # pending | deferred | delivered | bounced | held
+    attempts: int = 0
+    next_attempt: float = 0.0     # epoch seconds
+    last_error: str = ""          # the last remote reply or local reason
+    notify: tuple = ()            # RFC 3461 NOTIFY values (SUCCESS, FAILURE, DELAY) or () for the default
+    orcpt: str = ""               # RFC 3461 ORCPT, as given
+
+
+@dataclass
+class QueuedMessage:
+    """A message in the outbound queue: one stored copy plus per-recipient state."""
+    queue_id: str
+    sender: str                   # '' for the null reverse-path (bounces)
+    recipients: list              # [QueuedRecipient]
+    arrived: float                # epoch seconds
+    size: int
+    ret: str = ""                 # RFC 3461 RET: FULL | HDRS | ''
+    envid: str = ""               # RFC 3461 ENVID
+    held: bool = False
+    warned: bool = False          # a delay warning was sent
+
+
+class IDeliveryQueue(Interface):
+    """The durable outbound queue (issue 4). Called by delivery (enqueue), by the
+    queue runner (due/defer/delivered/bounce) and by jdmailctl queue (list/flush/
+    hold/release/delete). Every method returns a Deferred or is a coroutine.
+    A message is on disk, fsynced, before ``enqueue`` returns."""
+
+    def enqueue(envelope, path, recipients):
+        """Store the message at ``path`` for ``recipients`` (addresses, with their
+        DSN parameters as QueuedRecipient); returns the QueuedMessage."""
+
+    def due(now, limit):
+        """QueuedMessages with at least one recipient due for an attempt at ``now``."""
+
+    def record(queue_id, results):
+        """Record an attempt: {address: (state, error text, next_attempt)}."""
+
+    def open_message(queue_id):
+        """A binary file object with the message's octets."""
+
+    def list():
+        """Every QueuedMessage, oldest first."""
+
+    def flush(queue_id=None):
+        """Make one message (or all) due now."""
+
+    def hold(queue_id, held=True):
+        """Keep a message from being attempted until released."""
+
+    def delete(queue_id):
+        """Remove a message without delivering or bouncing it."""
