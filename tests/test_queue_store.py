@@ -317,6 +317,38 @@ class SecondProcessTests(QueueTestCase):
         self.assertEqual([m.queue_id for m in await self.queue.list()],
                          [a.queue_id, c.queue_id])
 
+    async def test_other_process_while_open(self):
+        """A real second process (as jdmailctl is) holds and deletes while ours is open."""
+        import subprocess
+        import sys
+        from twisted.internet.threads import deferToThread
+        a = await self.enqueue(now=T0)
+        b = await self.enqueue(now=T0 + 1)
+        script = (
+            "import sys, asyncio\n"
+            "from jdmail.queue.store import QueueStore\n"
+            "from jdmail.services import Services\n"
+            "class Sync(Services):\n"
+            "    async def run_blocking(self, f, *a, **k):\n"
+            "        return f(*a, **k)\n"
+            "s = Sync(reactor=None, config=None, hostname='h', datadir=sys.argv[1],\n"
+            "         threadpool=None)\n"
+            "q = QueueStore(None, s)\n"
+            "async def main():\n"
+            "    assert await q.hold(sys.argv[2])\n"
+            "    assert await q.delete(sys.argv[3])\n"
+            "    print(len(await q.list()))\n"
+            "asyncio.run(main())\n")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        out = await deferToThread(
+            subprocess.run, [sys.executable, "-c", script, self.datadir, a.queue_id, b.queue_id],
+            capture_output=True, text=True, env=env, timeout=60)
+        self.assertEqual((out.returncode, out.stdout.strip()), (0, "1"), out.stderr)
+        [left] = await self.queue.list()
+        self.assertEqual((left.queue_id, left.held), (a.queue_id, True))
+        self.assertFalse(os.path.exists(self.file(b.queue_id)))
+        self.assertEqual(await self.queue.due(T0 + 5, 10), [])
+
 
 class BackoffTests(TestCase):
 
