@@ -5,7 +5,7 @@ scripted servers for what jdmail never does (no 8BITMIME, 421, no STARTTLS)."""
 import io
 import socket
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, ssl
 from twisted.protocols.basic import LineReceiver
 from twisted.trial import unittest
 
@@ -199,6 +199,36 @@ class DeliverToRealJdmailTests(unittest.TestCase):
             with open(path, "rb") as f:
                 self.assertIn("Grüße aus Köln".encode("utf-8"), f.read())
         return defer.ensureDeferred(go())
+
+    def test_starttls_and_auth_on_submission(self):
+        async def go():
+            r = await deliver_to_host(reactor, "127.0.0.1", self.server.ports["submission"], "bob@example.test",
+                                      ["bob@example.test"], message(), len(MESSAGE), "client.test",
+                                      require_tls=True, tls_context=ssl.CertificateOptions(verify=False),
+                                      auth=("bob@example.test", "secret"), timeout=10)
+            self.assertEqual(r.results["bob@example.test"][0], 250)
+            self.assertTrue(r.tls)
+            [path] = self.server.messages("bob@example.test")
+            with open(path, "rb") as f:
+                self.assertIn(b"Authenticated sender: bob@example.test", f.read())
+            with self.assertRaises(TemporaryDeliveryError) as cm:
+                await deliver_to_host(reactor, "127.0.0.1", self.server.ports["submission"], "bob@example.test",
+                                      ["bob@example.test"], message(), len(MESSAGE), "client.test",
+                                      require_tls=True, tls_context=ssl.CertificateOptions(verify=False),
+                                      auth=("bob@example.test", "wrong"), timeout=10)
+            self.assertIn("AUTH", str(cm.exception))
+
+        return defer.ensureDeferred(go())
+
+    def test_required_tls_verifies_the_certificate(self):
+        # jdmail's self-signed certificate: opportunistic TLS takes it, required TLS does not.
+        d = defer.ensureDeferred(deliver_to_host(reactor, "127.0.0.1", self.port, "a@s.test", ["bob@example.test"],
+                                                 message(), len(MESSAGE), "client.test", require_tls=True,
+                                                 tls_hostname="mail.test", timeout=10))
+        d = self.assertFailure(d, TemporaryDeliveryError)
+        d.addCallback(lambda e: self.assertIn("connection lost", e.reason))
+        d.addCallback(lambda _: self.assertEqual(self.server.messages("bob@example.test"), []))
+        return d
 
     def test_421_greeting_moves_to_the_next_host(self):
         scripted(self, greeting="421 4.3.2 busy, try later", interface="127.0.0.3", port=self.port)

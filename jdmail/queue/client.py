@@ -68,7 +68,7 @@ class DeliveryResult:
     port: int = None
     mx: str = None
     tls: bool = False
-    tls_verified: bool = False
+    tls_verified: bool = False     # None: the caller's tls_context decided
     extensions: dict = field(default_factory=dict)
     attempts: list = field(default_factory=list)   # (host, reason) of hosts that failed first
 
@@ -264,7 +264,7 @@ async def deliver_to_host(reactor, host, port, sender, recipients, open_message,
             tls_context = ssl.CertificateOptions(verify=False)
             verified = False
     else:
-        verified = bool(require_tls)
+        verified = None   # the caller's context: its own verification policy
     proto = SMTPClientProtocol()
     try:
         await connectProtocol(_endpoint(reactor, host, port, timeout, bind_address), proto)
@@ -332,7 +332,7 @@ async def _transaction(reactor, proto, result, sender, recipients, open_message,
             if reply.code == 220:
                 proto.transport.startTLS(tls_context)
                 result.tls, result.tls_verified = True, verified
-                if not verified:
+                if verified is False:
                     log.info("STARTTLS to {where}: certificate not verified (opportunistic TLS)", where=where)
                 ext = await hello()
             elif require_tls:
