@@ -176,7 +176,9 @@ def _unrepr(text):
 def read_ini(path):
     """Read an INI file into {section: {key: text}}; raise ConfigError (or ConfigErrors,
     one per bad line) on syntax problems."""
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"),
+    # "=" only: routing keys such as "sender:a@b" contain ":".
+    parser = configparser.ConfigParser(interpolation=None, delimiters=("=",),
+                                       inline_comment_prefixes=(";", "#"),
                                        strict=True, empty_lines_in_values=False)
     parser.optionxform = str
     try:
