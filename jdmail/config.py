@@ -74,6 +74,7 @@ CORE_SCHEMA = {
         "max_line_length": Option.int(default=10000, help="longest line (octets, without CRLF) accepted in DATA"),
         "vrfy": Option.bool(default=False, help="answer VRFY"),
         "expn": Option.bool(default=False, help="answer EXPN"),
+        "mynetworks": Option.list(default=[], help="trusted client networks (CIDR) that may relay without AUTH"),
     },
     "submission": _smtp_listener_schema("tcp:587", True),
     "smtps": _smtp_listener_schema("tcp:465", True),
@@ -95,6 +96,21 @@ CORE_SCHEMA = {
         "login_timeout": Option.duration(default=60.0, help="idle time allowed before login"),
     },
     "imaps": {"listen": Option.list(default=["tcp:993"], help="Twisted endpoint strings (implicit TLS); empty disables")},
+    "queue": {
+        "lifetime": Option.duration(default=5 * 86400.0, help="bounce a message still undelivered after this long"),
+        "delay_warning": Option.duration(default=4 * 3600.0, help="warn the sender once after this long; 0 = never"),
+        "min_backoff": Option.duration(default=300.0, help="first retry delay after a temporary failure"),
+        "max_backoff": Option.duration(default=3600.0, help="longest retry delay (doubling from min_backoff)"),
+        "concurrency": Option.int(default=20, help="outbound SMTP transactions at once"),
+        "per_destination": Option.int(default=5, help="outbound transactions at once to one domain or relay"),
+        "helo": Option.str(default="", help="EHLO/HELO name (default: [jdmail] hostname)"),
+        "source_address": Option.str(default="", help="local address for outbound connections (default: any)"),
+        "scan_interval": Option.duration(default=1.0, help="how often the queue is scanned for due messages"),
+        "smtp_port": Option.int(default=25, help="port of MX hosts (for tests and unusual setups only)"),
+    },
+    "dns": {
+        "servers": Option.list(default=[], help="DNS servers as ADDRESS or ADDRESS:PORT; empty = the system resolver"),
+    },
     "directory": {"type": Option.str(default="sqlite", help="the user directory: a directory plugin's kind")},
     "store": {"type": Option.str(default="maildir", help="the message store: a store plugin's kind")},
     "filters": {
@@ -108,7 +124,9 @@ CORE_SCHEMA = {
 # Values where 0 would refuse everything or time out at once.
 POSITIVE = (("smtp", "max_message_size"), ("smtp", "max_recipients"), ("smtp", "max_hops"),
             ("smtp", "max_line_length"), ("smtp", "command_timeout"), ("smtp", "data_timeout"),
-            ("filters", "timeout"), ("imap", "login_timeout"))
+            ("filters", "timeout"), ("imap", "login_timeout"), ("queue", "lifetime"),
+            ("queue", "min_backoff"), ("queue", "max_backoff"), ("queue", "concurrency"),
+            ("queue", "per_destination"), ("queue", "scan_interval"), ("queue", "smtp_port"))
 MIN_IMAP_TIMEOUT = 30 * 60.0        # RFC 3501 5.4: the autologout timer is at least 30 minutes
 
 # Sections whose keys beyond "type" belong to the chosen component.
@@ -123,10 +141,14 @@ FILTER_COMMON = {
 class Config:
     """Validated settings: ``config[section][key]`` gives the parsed value."""
 
-    def __init__(self, path, sections, components):
+    def __init__(self, path, sections, components, relays=None, routing=None, mynetworks=None):
+        from jdmail.queue.routing import RoutingTable, TrustedNetworks
         self.path = path
         self._sections = sections
         self.components = components      # section name -> (factory, settings)
+        self.relays = relays or {}        # name -> Relay
+        self.routing = routing if routing is not None else RoutingTable()
+        self.mynetworks = mynetworks if mynetworks is not None else TrustedNetworks()
 
     def __getitem__(self, section):
         return self._sections[section]
@@ -240,6 +262,8 @@ def load(path=None, registry=None, datadir=None):
         body = dict(raw.get(section, {}))
         if section in COMPONENT_SECTIONS:
             body = {k: v for k, v in body.items() if k == "type"}
+        if section == "queue" and body.get("delay_warning", "").strip() == "0":
+            body["delay_warning"] = "0s"      # "0" (no unit) means off
         sections[section] = _parse_section(label, section, body, schema, errors)
 
     core = sections["jdmail"]
@@ -307,12 +331,68 @@ def load(path=None, registry=None, datadir=None):
         schema = {**FILTER_COMMON, **factory.options}
         components[section] = (factory, _parse_section(label, section, body, schema, errors))
 
-    known = set(CORE_SCHEMA) | filter_sections
+    from jdmail.queue import routing as routing_module
+    relay_sections = {s for s in raw if s.startswith("relay:")}
+    relayhost = (raw.get("routing", {}).get("relayhost") or "").strip() or None
+    relays = routing_module.parse_relays({s: raw[s] for s in relay_sections}, label,
+                                         relayhost=relayhost, errors=errors)
+    table = mynetworks = None
+    try:
+        table = routing_module.parse_routing(
+            {k: v for k, v in raw.get("routing", {}).items() if k != "relayhost"}, relays, label)
+    except ConfigErrors as e:
+        errors.extend(e.errors)
+    try:
+        mynetworks = routing_module.TrustedNetworks(sections["smtp"]["mynetworks"], label)
+    except ConfigErrors as e:
+        errors.extend(e.errors)
+    if table is not None and "relayhost" in relays and "default" not in raw.get("routing", {}):
+        table.default = routing_module.Route("relay", relays["relayhost"])
+    if not sections["queue"]["helo"]:
+        sections["queue"]["helo"] = core["hostname"]
+    if sections["queue"]["max_backoff"] < sections["queue"]["min_backoff"]:
+        errors.append(ConfigError("must not be less than min_backoff", label, "queue", "max_backoff"))
+    for server in sections["dns"]["servers"]:
+        if not _dns_server(server):
+            errors.append(ConfigError(f"{server!r}: expected an IP address, optionally with :PORT "
+                                      "(192.0.2.53, 127.0.0.1:5353, [::1]:53)", label, "dns", "servers"))
+
+    known = set(CORE_SCHEMA) | filter_sections | relay_sections | {"routing"}
     for section in raw:
         if section not in known:
-            allowed = ", ".join(sorted(CORE_SCHEMA)) + ", filter:NAME"
+            allowed = ", ".join(sorted(CORE_SCHEMA)) + ", filter:NAME, relay:NAME, routing"
             errors.append(ConfigError(f"is not a known section (allowed: {allowed})", label, section))
 
     if errors:
         raise ConfigErrors(errors)
-    return Config(label, sections, components)
+    return Config(label, sections, components, relays, table, mynetworks)
+
+
+def _dns_server(text):
+    """'192.0.2.53', '127.0.0.1:5353', '[::1]:53', '::1' -> (host, port), or None when malformed."""
+    import ipaddress
+    text = text.strip()
+    host, port = text, 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                return None
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+        if not port_text.isdigit():
+            return None
+        port = int(port_text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if not 0 < port < 65536:
+        return None
+    return host, port
+
+
+def dns_servers(cfg):
+    """[dns] servers -> [(host, port)]."""
+    return [_dns_server(s) for s in cfg["dns"]["servers"]]

@@ -208,7 +208,7 @@ class LoadTests(unittest.TestCase):
             f"{path}: [filters] chain names 'clamav' but there is no [filter:clamav] section",
             f"{path}: [directory] type 'ldapx': no directory plugin has that name (available: sqlite)",
             f"{path}: [store] colour is not a known key (allowed here: path, type)",
-            f"{path}: [smtpd] is not a known section (allowed: {', '.join(sorted(config.CORE_SCHEMA))}, filter:NAME)",
+            f"{path}: [smtpd] is not a known section (allowed: {', '.join(sorted(config.CORE_SCHEMA))}, filter:NAME, relay:NAME, routing)",
         ]))
         for line in errors:
             self.assertNotIn("\n", line)
@@ -292,8 +292,9 @@ class LoadTests(unittest.TestCase):
 # name: (INI text, [expected stderr line after "jdmail: FILE: "]); {dir} is the case's directory.
 CASES = {
     "unknown_section": ("[smtpd]\nlisten = tcp:25\n",
-                        ["[smtpd] is not a known section (allowed: auth, directory, filters, imap, imaps, "
-                         "jdmail, pop3, pop3s, smtp, smtps, store, submission, tls, filter:NAME)"]),
+                        ["[smtpd] is not a known section (allowed: auth, directory, dns, filters, imap, imaps, "
+                         "jdmail, pop3, pop3s, queue, smtp, smtps, store, submission, tls, filter:NAME, "
+                         "relay:NAME, routing)"]),
     "unknown_key": ("[pop3]\nbanner = hi\nbaner = hi\n",
                     ["[pop3] baner is not a known key (allowed here: banner, listen, max_connections, "
                      "max_connections_per_ip, timeout)"]),
@@ -322,8 +323,8 @@ CASES = {
     "several": ("[smtp]\nmax_recipients = lots\nvrfy = perhaps\n[pop3]\nlisten = tcp:abc\n[bogus]\n",
                 ["[smtp] max_recipients 'lots': expected a whole number",
                  "[smtp] vrfy 'perhaps': expected yes or no",
-                 "[bogus] is not a known section (allowed: auth, directory, filters, imap, imaps, jdmail, "
-                 "pop3, pop3s, smtp, smtps, store, submission, tls, filter:NAME)"]),
+                 "[bogus] is not a known section (allowed: auth, directory, dns, filters, imap, imaps, jdmail, "
+                 "pop3, pop3s, queue, smtp, smtps, store, submission, tls, filter:NAME, relay:NAME, routing)"]),
     "several_at_build": (quiet(smtps="tcp") + "[tls]\ncert = /nonexistent/c.pem\n",
                          ["[tls] cert '/nonexistent/c.pem': cannot read: No such file or directory",
                           "[smtps] listen 'tcp' is not a valid Twisted endpoint string (such as tcp:25 or "
@@ -561,6 +562,9 @@ class SampleConfigTests(unittest.TestCase):
         for section, keys in self.keys.items():
             if section.startswith("filter:"):
                 continue        # checked by test_uncommented_sample_loads, with the dropin
+            if section == "routing":
+                self.assertEqual(set(keys), {"relayhost", "default"})
+                continue
             self.assertIn(section, config.CORE_SCHEMA, f"unknown section [{section}] in etc/jdmail.ini")
             allowed = set(config.CORE_SCHEMA[section])
             allowed |= {"directory": directory_keys, "store": store_keys}.get(section, set())
@@ -594,6 +598,77 @@ class SampleConfigTests(unittest.TestCase):
             f.writelines(out)
         cfg = config.load(path)
         for section, keys in sample_keys(path).items():
+            if section == "routing":
+                continue        # free-form keys: parsed into cfg.routing / cfg.relays
             for key in keys:
                 parsed = dict(cfg.get(section) or {}, **cfg.components.get(section, (None, {}))[1])
                 self.assertIn(key, parsed, f"[{section}] {key}")
+
+
+class OutboundConfigTests(unittest.TestCase):
+    """[queue], [dns], [smtp] mynetworks, relayhost, [relay:NAME] and [routing]."""
+
+    def load(self, text):
+        d = tempfile.mkdtemp(prefix="jdmail-config-")
+        self.addCleanup(shutil.rmtree, d, True)
+        path = os.path.join(d, "jdmail.ini")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(textwrap.dedent(text))
+        return path, config.load(path)
+
+    def test_defaults(self):
+        cfg = config.load(None, datadir="/tmp/jdmail-x")
+        q = cfg["queue"]
+        self.assertEqual((q["lifetime"], q["delay_warning"], q["min_backoff"], q["max_backoff"]),
+                         (5 * 86400.0, 4 * 3600.0, 300.0, 3600.0))
+        self.assertEqual((q["concurrency"], q["per_destination"], q["smtp_port"]), (20, 5, 25))
+        self.assertEqual(q["helo"], cfg.hostname)
+        self.assertEqual(cfg["dns"]["servers"], [])
+        self.assertEqual(config.dns_servers(cfg), [])
+        self.assertEqual(cfg.routing.route("a@b.example", "c@d.example").kind, "direct")
+        self.assertFalse(cfg.mynetworks.contains("127.0.0.1"))
+
+    def test_routing(self):
+        path, cfg = self.load("""\
+            [smtp]
+            mynetworks = 127.0.0.0/8, ::1
+            [dns]
+            servers = 127.0.0.1:5353, [::1]:53, 192.0.2.1
+            [queue]
+            delay_warning = 0
+            helo = out.example.org
+            [relay:hq]
+            host = smtp.hq.example
+            port = 587
+            tls = required
+            username = branch
+            password = secret
+            [routing]
+            relayhost = isp.example:2525
+            sender:finance@example.org = relay:hq
+            recipient:partner.example = direct
+            """)
+        self.assertTrue(cfg.mynetworks.contains("127.0.0.5"))
+        self.assertEqual(config.dns_servers(cfg), [("127.0.0.1", 5353), ("::1", 53), ("192.0.2.1", 53)])
+        self.assertEqual(cfg["queue"]["delay_warning"], 0)
+        self.assertEqual(cfg["queue"]["helo"], "out.example.org")
+        self.assertEqual(sorted(cfg.relays), ["hq", "relayhost"])
+        route = cfg.routing.route("finance@example.org", "x@y.example")
+        self.assertEqual((route.kind, route.relay.name, route.relay.port), ("relay", "hq", 587))
+        self.assertEqual(cfg.routing.route("b@example.org", "x@partner.example").kind, "direct")
+        route = cfg.routing.route("b@example.org", "x@y.example")
+        self.assertEqual((route.kind, route.relay.host, route.relay.port), ("relay", "isp.example", 2525))
+
+    def test_errors(self):
+        path = os.path.join(tempfile.mkdtemp(prefix="jdmail-config-"), "jdmail.ini")
+        self.addCleanup(shutil.rmtree, os.path.dirname(path), True)
+        with open(path, "w") as f:
+            f.write("[smtp]\nmynetworks = 10.0.0.0/8, bogus\n[dns]\nservers = dns.example\n"
+                    "[queue]\nconcurrency = 0\n[routing]\ndefault = relay:nowhere\n")
+        with self.assertRaises(ConfigErrors) as cm:
+            config.load(path)
+        text = "\n".join(str(e) for e in cm.exception.errors)
+        self.assertIn("[smtp] mynetworks", text)
+        self.assertIn("[dns] servers 'dns.example'", text)
+        self.assertIn("[queue] concurrency", text)
+        self.assertIn("[routing] default", text)
