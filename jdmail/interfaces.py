@@ -112,6 +112,9 @@ class Envelope:
     helo: str = ""
     auth_user: str = ""
     smtputf8: bool = False
+    ret: str = ""                                   # RFC 3461 MAIL parameters: FULL | HDRS | ''
+    envid: str = ""
+    dsn: dict = field(default_factory=dict)         # address -> (NOTIFY tuple, ORCPT) from RCPT
 
 
 @dataclass(frozen=True, slots=True)

@@ -240,7 +240,24 @@ def make_service(config, reactor):
     services.directory = _build_component(config, "directory", services, errors)
     services.store = _build_component(config, "store", services, errors)
     portal = make_portal(services.directory)
-    delivery = LocalDelivery(services.store)
+    queue = runner = None
+    if not errors:
+        from jdmail.config import dns_servers
+        from jdmail.queue.runner import QueueRunner, make_resolver
+        from jdmail.queue.store import QueueError, QueueStore
+        try:
+            queue = QueueStore(os.path.join(datadir, "queue"), services,
+                               config["queue"]["min_backoff"], config["queue"]["max_backoff"])
+        except (QueueError, OSError) as e:
+            errors.append(ConfigError(f"cannot open the outbound queue: {_one_line(e)}",
+                                      config.path, "jdmail", "datadir"))
+        else:
+            runner = QueueRunner(queue, services, config["queue"], config.routing,
+                                 directory=services.directory, store=services.store,
+                                 resolver=make_resolver(dns_servers(config)), spool_dir=spool_dir,
+                                 reactor=reactor)
+    services.queue = queue
+    delivery = LocalDelivery(services.store, queue)
 
     chain = []
     for name in config["filters"]["chain"]:
@@ -293,6 +310,8 @@ def make_service(config, reactor):
                 listeners.append((section, description, endpoint, factory))
     if errors:
         raise ConfigErrors(errors)
+    if runner is not None:
+        runner.setServiceParent(top)      # recover() before the listeners accept mail
     ListenersService(reactor, datadir, listeners, config.path).setServiceParent(top)
     log.info("jdmail starting: hostname={hostname} datadir={datadir} directory={directory} store={store}",
              hostname=config.hostname, datadir=datadir, directory=config["directory"]["type"],

@@ -19,6 +19,7 @@ class Services:
     threadpool: object
     directory: object = None
     store: object = None
+    queue: object = None            # the outbound QueueStore (issue 4), when the server has one
     extra: dict = field(default_factory=dict)
 
     def run_blocking(self, f, *args, **kwargs):

@@ -1,20 +1,37 @@
-"""Local delivery: every recipient's mailboxes get the one spooled copy."""
+"""Local delivery: every recipient's mailboxes get the one spooled copy; addresses
+outside our domains (remote recipients, alias targets) go to the outbound queue."""
 
 from zope.interface import implementer
 
-from jdmail.interfaces import IDeliveryAgent
+from jdmail.interfaces import IDeliveryAgent, QueuedRecipient, Resolution
 
 
 @implementer(IDeliveryAgent)
 class LocalDelivery:
-    """Delivers an accepted message into the store for each resolved local mailbox.
+    """Delivers an accepted message into the store for each resolved local mailbox,
+    and enqueues (fsynced) the remote addresses before returning.
 
     A mailbox reached through several recipients (an alias and the user itself)
-    gets one copy. Forwarding to remote addresses waits for the outbound queue.
+    gets one copy; a remote address reached twice is queued once.
     """
 
-    def __init__(self, store):
+    def __init__(self, store, queue=None):
         self._store = store
+        self._queue = queue
+
+    @staticmethod
+    def remote_addresses(envelope):
+        """[(address, notify, orcpt)] to queue: remote recipients as given (with their
+        DSN parameters) and the remote targets of local aliases."""
+        out, seen = [], set()
+        for address, resolution in envelope.recipients:
+            notify, orcpt = envelope.dsn.get(address, ((), ""))
+            targets = [address] if resolution.kind == Resolution.Kind.REMOTE else list(resolution.remote)
+            for target in targets:
+                if target.lower() not in seen:
+                    seen.add(target.lower())
+                    out.append((target, notify, orcpt if target == address else orcpt or ""))
+        return out
 
     async def deliver(self, envelope, path):
         mailboxes = []
@@ -22,6 +39,13 @@ class LocalDelivery:
             for mailbox in resolution.mailboxes:
                 if mailbox not in mailboxes:
                     mailboxes.append(mailbox)
+        remote = self.remote_addresses(envelope)
+        if remote:
+            if self._queue is None:
+                raise RuntimeError("remote recipients but no outbound queue")
+            await self._queue.enqueue(
+                envelope, path, [QueuedRecipient(address=a, notify=tuple(n), orcpt=o) for a, n, o in remote],
+                ret=envelope.ret, envid=envelope.envid)
         if mailboxes:
             await self._store.deliver(mailboxes, path)
         return {address: None for address, _resolution in envelope.recipients}

@@ -33,6 +33,8 @@ from jdmail.errors import DirectoryUnavailable, SMTPReplyError
 from jdmail.interfaces import Action, Envelope, Resolution, Stage
 from jdmail.smtp.spool import SpoolFile, new_queue_id
 
+_XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})+")     # RFC 3461 4: xtext
+
 MAX_COMMAND_LINE = 12288 + 64     # RFC 4954 4: AUTH initial responses may be this long
 MAX_PENDING_INPUT = 256 * 1024    # stop reading while this much waits behind a busy command
 MAX_HEADER_COPY = 256 * 1024      # header bytes kept for filters
@@ -60,6 +62,9 @@ class Transaction:
         self.headers_raw = b""
         self.spool = None
         self.queue_id = None
+        self.ret = ""                  # RFC 3461 MAIL RET=FULL|HDRS
+        self.envid = ""                # RFC 3461 MAIL ENVID (xtext, as given)
+        self.dsn = {}                  # address -> (NOTIFY tuple, ORCPT) from RCPT
 
     @property
     def client_ip(self):
@@ -294,7 +299,7 @@ class ESMTPServer(smtp.ESMTP):
         if not esmtp:
             return self.reply(250, None, greeting)
         lines = [greeting, "PIPELINING", f"SIZE {self.settings['max_message_size']}", "8BITMIME",
-                 "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+                 "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN"]
         if self.canStartTLS and not self.secure:
             lines.append("STARTTLS")
         if self._auth_allowed():
@@ -474,7 +479,7 @@ class ESMTPServer(smtp.ESMTP):
         if self.txn is not None:
             raise SMTPReplyError(503, "5.5.1", "Error: nested MAIL command")
         path, params = self._split_path(arg, "FROM")
-        smtputf8, body, size = False, "7BIT", None
+        smtputf8, body, size, ret, envid = False, "7BIT", None, "", ""
         for name, value in params:
             if name == "SIZE":
                 if value is None or not (value.isascii() and value.isdigit()):
@@ -486,6 +491,10 @@ class ESMTPServer(smtp.ESMTP):
                 smtputf8 = True
             elif name == "AUTH" and value is not None:
                 pass  # RFC 4954 5: accepted; we do not relay the identity further
+            elif name == "RET" and value is not None and value.upper() in ("FULL", "HDRS") and not ret:
+                ret = value.upper()
+            elif name == "ENVID" and value and len(value) <= 100 and _XTEXT.fullmatch(value) and not envid:
+                envid = value
             else:
                 raise SMTPReplyError(555, "5.5.4", f"Unsupported MAIL FROM parameter {name}")
         if size is not None and size > self.settings["max_message_size"]:
@@ -500,6 +509,7 @@ class ESMTPServer(smtp.ESMTP):
             raise SMTPReplyError(553, "5.7.1", f"<{sender}>: Sender address rejected: "
                                                "not owned by authenticated user")
         self.txn = Transaction(self, sender, smtputf8, body, size)
+        self.txn.ret, self.txn.envid = ret, envid
         verdict = await self._filters(Stage.MAIL)
         if verdict is not None:
             self.txn = None
@@ -512,8 +522,17 @@ class ESMTPServer(smtp.ESMTP):
             raise SMTPReplyError(503, "5.5.1", "Error: need MAIL command first")
         txn.rcpt_seen = True
         path, params = self._split_path(arg, "TO")
-        if params:
-            raise SMTPReplyError(555, "5.5.4", f"Unsupported RCPT TO parameter {params[0][0]}")
+        notify, orcpt = (), ""
+        for name, value in params:
+            if name == "NOTIFY" and value and not notify:
+                notify = tuple(v.upper() for v in value.split(","))
+                if not set(notify) <= {"NEVER", "SUCCESS", "FAILURE", "DELAY"} or (
+                        "NEVER" in notify and len(notify) > 1):
+                    raise SMTPReplyError(501, "5.5.4", "Syntax: NOTIFY=NEVER or SUCCESS,FAILURE,DELAY")
+            elif name == "ORCPT" and value and ";" in value and len(value) <= 500 and not orcpt:
+                orcpt = value
+            else:
+                raise SMTPReplyError(555, "5.5.4", f"Unsupported RCPT TO parameter {name}")
         if len(txn.recipients) >= self.settings["max_recipients"]:
             txn.rcpt_log.append((path, 452))
             raise SMTPReplyError(452, "4.5.3", "Error: too many recipients")
@@ -524,19 +543,27 @@ class ESMTPServer(smtp.ESMTP):
         txn.rcpt_log.append((address, code))
         if code != 250:
             raise SMTPReplyError(code, enhanced, text)
+        if notify or orcpt:
+            txn.dsn[address] = (notify, orcpt)
         self.reply(250, "2.1.5", "Recipient ok")
 
     async def _check_recipient(self, address):
         txn = self.txn
         resolution = await self.factory.directory.resolve(address)
         if resolution.kind == Resolution.Kind.REMOTE:
-            if self.account is None:
+            if self.account is None and not self._trusted():
                 return 554, "5.7.1", f"<{address}>: Relay access denied"
-            return 451, "4.3.0", f"<{address}>: Relaying to remote domains is not available yet; try again later"
+            if self.factory.services.queue is None:
+                return 451, "4.3.0", f"<{address}>: Relaying is not available; try again later"
+            routing = getattr(self.factory.services.config, "routing", None)
+            if routing is not None:
+                route = routing.route(txn.sender, address)
+                if route.kind == "reject":
+                    return 550, "5.7.1", f"<{address}>: {route.text}"
         if resolution.kind == Resolution.Kind.UNKNOWN:
             return 550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown"
-        if resolution.remote:
-            return 451, "4.3.0", f"<{address}>: Forwarding to remote addresses is not available yet; try again later"
+        if resolution.remote and self.factory.services.queue is None:
+            return 451, "4.3.0", f"<{address}>: Forwarding to remote addresses is not available; try again later"
         if await self._rcpt_over_quota(resolution, max(txn.declared_size or 0, 1)):
             return 452, "4.2.2", f"<{address}>: Mailbox full"
         txn.recipients.append((address, resolution))
@@ -545,6 +572,10 @@ class ESMTPServer(smtp.ESMTP):
             txn.recipients.pop()
             return verdict.code, verdict.enhanced, verdict.text
         return 250, "2.1.5", "Recipient ok"
+
+    def _trusted(self):
+        networks = getattr(self.factory.services.config, "mynetworks", None)
+        return networks is not None and networks.contains(self.client_ip)
 
     def _parse_rcpt_path(self, path, utf8=False):
         if path.strip("<>").lower() == "postmaster":
@@ -762,7 +793,7 @@ class ESMTPServer(smtp.ESMTP):
             self._log_transaction(f"{outcome} {failure[0]} {failure[1]}", txn, state["size"])
             return self.reply(*failure)
         envelope = Envelope(txn.queue_id, txn.sender, txn.recipients, self.client_ip, self.helo,
-                            txn.auth_user, txn.smtputf8)
+                            txn.auth_user, txn.smtputf8, ret=txn.ret, envid=txn.envid, dsn=txn.dsn)
         try:
             await self.factory.services.run_blocking(txn.spool.commit)
             await self.factory.delivery.deliver(envelope, txn.spool.path)

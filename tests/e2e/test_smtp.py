@@ -191,16 +191,20 @@ class LocalDeliveryTests(SMTPTestCase):
         # a local recipient in the same transaction is still fine
         self.assertReply(c.cmd(f"RCPT TO:<{BOB}>"), 250, "2.1.5")
 
-    def test_relay_authenticated_not_available(self):
-        """Authenticated on submission: remote recipients get 451 4.3.0, nothing is stored."""
+    def test_relay_authenticated_is_queued(self):
+        """Authenticated on submission: remote recipients are accepted and queued (the
+        file under queue/messages, fsynced before the 250), nothing is stored locally."""
         tok = token()
         c = self.submission()
         self.assertReply(c.mail(BOB), 250, "2.1.0")
-        self.assertReply(c.rcpt("friend@elsewhere.test"), 451, "4.3.0", "not available")
-        with self.assertRaises(smtplib.SMTPDataError) as e:
-            c.data(message(tok))
-        self.assertEqual(e.exception.smtp_code, 554)
+        self.assertReply(c.rcpt("friend@elsewhere.test"), 250, "2.1.5")
+        code, text = c.data(message(tok))
+        self.assertEqual(code, 250, text)
+        queue_id = text.decode().rsplit(" ", 1)[1]
         self.assertEqual(files_with(self.server, tok), [])
+        path = os.path.join(self.server.datadir, "queue", "messages", queue_id)
+        with open(path, "rb") as f:
+            self.assertIn(tok.encode(), f.read())
         self.assertEqual(spool_files(self.server), [])
 
 
