@@ -24,7 +24,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Manage jdmail's domains, users and aliases.")
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="INI file (default: $JDMAIL_CONFIG, else the embedded default)")
-    groups = parser.add_subparsers(dest="group", metavar="{domain,user,alias,plugins}", required=True)
+    groups = parser.add_subparsers(dest="group", metavar="{domain,user,alias,queue,plugins}", required=True)
 
     domain = groups.add_parser("domain", help="local domains").add_subparsers(dest="action", required=True)
     p = domain.add_parser("add", help="add a local domain")
@@ -58,6 +58,17 @@ def build_parser():
     p = alias.add_parser("remove", help="remove one target of an alias, or the whole alias")
     p.add_argument("source")
     p.add_argument("target", nargs="?")
+
+    queue = groups.add_parser("queue", help="the outbound queue of the (running) server") \
+        .add_subparsers(dest="action", required=True)
+    queue.add_parser("list", help="list queued messages and their recipients")
+    queue.add_parser("flush", help="make every queued message due now")
+    for name, text in (("show", "show one message: envelope, recipients, state, last error"),
+                       ("retry", "make one message due now"),
+                       ("hold", "keep one message from being attempted"),
+                       ("release", "let a held message be attempted again"),
+                       ("delete", "remove one message without delivering or bouncing it")):
+        queue.add_parser(name, help=text).add_argument("queue_id")
 
     groups.add_parser("plugins", help="list the components jdmail can use: kind, name, file, options")
     return parser
@@ -143,6 +154,91 @@ def _hash(args):
     return hash_password(read_password(args.password), scheme)
 
 
+def open_queue(path):
+    """The server's QueueStore (safe while the server runs); CtlError(status=2) on problems."""
+    from jdmail import config as config_module
+    from jdmail.errors import ConfigErrors
+    from jdmail.queue.store import QueueError, QueueStore
+    from jdmail.registry import RegistryError
+    from jdmail.services import Services
+
+    try:
+        config = config_module.load(path)
+    except ConfigErrors as e:
+        raise CtlError("\n".join(str(err) for err in e.errors), status=2) from None
+    except RegistryError as e:
+        raise CtlError(str(e), status=2) from None
+    services = Services(reactor=None, config=config, hostname=config.hostname,
+                        datadir=config.datadir, threadpool=None)
+    directory = os.path.join(config.datadir, "queue")
+    if not os.path.isdir(directory):
+        raise CtlError(f"no queue at {directory} (the server has not run with this data directory)",
+                       status=2)
+    try:
+        return QueueStore(directory, services, config["queue"]["min_backoff"],
+                          config["queue"]["max_backoff"])
+    except (QueueError, OSError) as e:
+        raise CtlError(f"cannot open the queue: {e}", status=2) from None
+
+
+def _when(t):
+    import time
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def run_queue(args, out, path):
+    from jdmail.queue.store import QueueError
+    store = open_queue(path)
+    try:
+        action = args.action
+        try:
+            if action == "list":
+                messages = store._list()
+                for m in messages:
+                    flags = " held" if m.held else ""
+                    out.write(f"{m.queue_id} {m.size} {_when(m.arrived)} <{m.sender}>{flags}\n")
+                    for r in m.recipients:
+                        error = f" {r.last_error}" if r.last_error else ""
+                        out.write(f"    {r.address} {r.state} attempts={r.attempts} "
+                                  f"next={_when(r.next_attempt)}{error}\n")
+                out.write(f"{len(messages)} message(s)\n")
+            elif action == "show":
+                m = store._get_one(args.queue_id)
+                if m is None:
+                    raise CtlError(f"{args.queue_id} is not queued")
+                out.write(f"id: {m.queue_id}\nsender: <{m.sender}>\narrived: {_when(m.arrived)}\n"
+                          f"size: {m.size}\nheld: {'yes' if m.held else 'no'}\n"
+                          f"warned: {'yes' if m.warned else 'no'}\n")
+                if m.ret or m.envid:
+                    out.write(f"ret: {m.ret or '-'}\nenvid: {m.envid or '-'}\n")
+                for r in m.recipients:
+                    out.write(f"recipient: {r.address} state={r.state} attempts={r.attempts} "
+                              f"next={_when(r.next_attempt)}"
+                              + (f" notify={','.join(r.notify)}" if r.notify else "")
+                              + (f" orcpt={r.orcpt}" if r.orcpt else "")
+                              + (f" error={r.last_error}" if r.last_error else "") + "\n")
+            elif action == "flush":
+                out.write(f"flushed {store._flush(None, 0.0)} message(s)\n")
+            elif action == "retry":
+                if store._get_one(args.queue_id) is None:
+                    raise CtlError(f"{args.queue_id} is not queued")
+                store._flush(args.queue_id, 0.0)
+                out.write(f"{args.queue_id} is due now\n")
+            elif action in ("hold", "release"):
+                if not store._set_flag(args.queue_id, "held", action == "hold"):
+                    raise CtlError(f"{args.queue_id} is not queued")
+                out.write(f"{'held' if action == 'hold' else 'released'} {args.queue_id}\n")
+            elif action == "delete":
+                if not store._delete(args.queue_id):
+                    raise CtlError(f"{args.queue_id} is not queued")
+                out.write(f"deleted {args.queue_id}\n")
+        except QueueError as e:
+            raise CtlError(str(e)) from None
+    finally:
+        store.close()
+    return 0
+
+
 def run(args, out):
     """Carry out one parsed command, writing its output lines to ``out``."""
     from jdmail.options import parse_size
@@ -150,6 +246,8 @@ def run(args, out):
     path = args.config if args.config is not None else (os.environ.get("JDMAIL_CONFIG") or None)
     if args.group == "plugins":
         return list_plugins(path, out)
+    if args.group == "queue":
+        return run_queue(args, out, path)
     directory = open_directory(path)
     group, action = args.group, args.action
 

@@ -236,7 +236,8 @@ class QueueRunner(service.Service):
 
     async def _transaction(self, message, key, route, addresses):
         s = self.settings
-        opener = lambda: self.queue.open_message(message.queue_id)   # noqa: E731
+        path = self.queue._file(message.queue_id)
+        opener = lambda: self.services.run_blocking(open_outbound, path)   # noqa: E731
         common = dict(timeout=s.get("timeout", 300), bind_address=s["source_address"] or None)
         try:
             if route is not None and route.kind == "relay":
@@ -359,6 +360,25 @@ class QueueRunner(service.Service):
             await self.queue.delete(message.queue_id)
 
 
+_LOCAL_TRACE = (b"return-path:", b"delivered-to:")
+
+
+def open_outbound(path):
+    """The queued file positioned after our leading Return-Path:/Delivered-To: lines:
+    they belong to final delivery (RFC 5321 4.4), not to mail handed on."""
+    f = open(path, "rb")
+    try:
+        while True:
+            pos = f.tell()
+            line = f.readline(4096)
+            if not line.lower().startswith(_LOCAL_TRACE):
+                f.seek(pos)
+                return f
+    except BaseException:
+        f.close()
+        raise
+
+
 def _unlink_quietly(path):
     try:
         os.unlink(path)
@@ -371,4 +391,4 @@ def make_resolver(servers):
     if not servers:
         return None
     from twisted.names import client
-    return client.createResolver(servers=list(servers))
+    return client.Resolver(servers=list(servers))
