@@ -90,6 +90,9 @@ class DirectDeliveryTests(QueueTestCase):
         self.assertEqual(got.count(b"Return-Path:"), 1)
         self.assertEqual(got.count(b"Delivered-To:"), 1)
         self.assertEqual(got.count(b"Received:"), 2)
+        first = got.split(b"Received:")[1]          # the receiver's: STARTTLS was used
+        self.assertIn(b"using TLS", first)
+        self.assertIn(b"with ESMTPS id", first)
 
     def test_trusted_network_relays_without_auth(self):
         tok = token()
@@ -296,9 +299,9 @@ class RetryTests(QueueTestCase):
 class CrashTests(QueueTestCase):
 
     def test_kill_9_mid_delivery_then_restart(self):
-        """300 messages queued, the sender killed (-9) while delivering; after the restart
+        """1,000 messages queued, the sender killed (-9) while delivering; after the restart
         every message arrives (at least once)."""
-        n = 300
+        n = 1000
         toks = [token() for _ in range(n)]
         c = smtplib.SMTP("127.0.0.1", self.sender.ports["submission"], timeout=30)
         c.ehlo("client.test")
@@ -318,3 +321,47 @@ class CrashTests(QueueTestCase):
         self.assertTrue(wait_for(arrived, timeout=120, interval=0.5))
         wait_for(lambda: "0 message(s)" in self.sender.ctl("queue", "list").stdout, timeout=20)
         self.assertIn("0 message(s)", self.sender.ctl("queue", "list").stdout)
+
+
+class DSNTests(QueueTestCase):
+    """RFC 3461 parameters stored and honoured; delay warning; lifetime expiry."""
+
+    def extra(self):
+        return {"queue": {"delay_warning": "1s", "lifetime": "4s"}}
+
+    def refuse(self):
+        self.dns.update({"example.net": {"MX": [(10, "mx1.example.net")]},
+                         "mx1.example.net": {"A": ["127.0.0.2"]}})
+
+    def test_parameters_stored_then_warning_then_expiry(self):
+        self.refuse()
+        tok = token()
+        self.assertEqual(self.submit(["friend@example.net"], body(tok),
+                                     mail_options=["RET=HDRS", "ENVID=env+2Bid"],
+                                     rcpt_options=["NOTIFY=FAILURE,DELAY", "ORCPT=rfc822;friend@example.net"]),
+                         {})
+        out = self.sender.ctl("queue", "list").stdout
+        queue_id = out.split()[0]
+        show = self.sender.ctl("queue", "show", queue_id).stdout
+        self.assertIn("ret: HDRS\nenvid: env+2Bid\n", show)
+        self.assertIn("notify=FAILURE,DELAY orcpt=rfc822;friend@example.net", show)
+
+        def notices(kind):
+            return [m for m in self.found(self.sender, SENDER, tok) if kind in m]
+        [warning] = wait_for(lambda: notices(b"Action: delayed"), timeout=20)
+        self.assertIn(b"Original-Envelope-Id: env+id", warning)     # xtext decoded
+        [bounce] = wait_for(lambda: notices(b"Action: failed"), timeout=30)
+        self.assertIn(b"Original-Recipient: rfc822; friend@example.net", bounce)
+        self.assertIn(b"delivery time expired", bounce)
+        self.assertIn(b"text/rfc822-headers", bounce)          # RET=HDRS
+        self.assertNotIn(b"Hello " + tok.encode(), bounce)
+        self.assertEqual(len(notices(b"Action: delayed")), 1)  # warned once
+
+    def test_notify_success_and_never(self):
+        tok1, tok2 = token(), token()
+        self.submit(["friend@example.net"], body(tok1), rcpt_options=["NOTIFY=SUCCESS"])
+        self.submit(["nobody@example.net"], body(tok2), rcpt_options=["NOTIFY=NEVER"])
+        [notice] = wait_for(lambda: self.found(self.sender, SENDER, tok1 + "@"), timeout=20)
+        self.assertIn(b"Action: delivered", notice)
+        wait_for(lambda: "0 message(s)" in self.sender.ctl("queue", "list").stdout, timeout=20)
+        self.assertEqual(self.found(self.sender, SENDER, tok2), [])   # NEVER: no bounce
