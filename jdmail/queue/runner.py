@@ -33,6 +33,7 @@ from jdmail.smtp.spool import new_queue_id
 
 log = Logger()
 
+STOP_GRACE = 5.0          # seconds stopService waits for deliveries in progress
 LIFETIME_TEXT = "delivery time expired; last error: {error}"
 
 
@@ -86,7 +87,14 @@ class QueueRunner(service.Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         running = list(self._running)
-        return defer.DeferredList(running, consumeErrors=True) if running else None
+        if not running:
+            return None
+        # Give transactions in progress a moment; the rest are attempted again after the
+        # restart (at least once: a message is removed only once recorded).
+        d = defer.DeferredList(running, consumeErrors=True)
+        d.addTimeout(STOP_GRACE, self.reactor)
+        d.addErrback(lambda _f: None)
+        return d
 
     def _track(self, coro):
         d = defer.ensureDeferred(coro)
@@ -238,7 +246,12 @@ class QueueRunner(service.Service):
         s = self.settings
         path = self.queue._file(message.queue_id)
         opener = lambda: self.services.run_blocking(open_outbound, path)   # noqa: E731
-        common = dict(timeout=s.get("timeout", 300), bind_address=s["source_address"] or None)
+        try:
+            eightbit = await self.services.run_blocking(has_8bit, path)
+        except OSError:
+            eightbit = False
+        common = dict(timeout=s.get("timeout", 300), bind_address=s["source_address"] or None,
+                      eightbit=eightbit)
         try:
             if route is not None and route.kind == "relay":
                 relay = route.relay
@@ -377,6 +390,18 @@ def open_outbound(path):
     except BaseException:
         f.close()
         raise
+
+
+def has_8bit(path):
+    """True when the file holds any octet above 127 (then MAIL says BODY=8BITMIME, and a
+    server without 8BITMIME gets no copy: the recipients bounce with 5.6.3)."""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(256 * 1024)
+            if not chunk:
+                return False
+            if not chunk.isascii():
+                return True
 
 
 def _unlink_quietly(path):

@@ -296,6 +296,25 @@ class RetryTests(QueueTestCase):
         self.assertEqual(self.found(self.sender, SENDER, tok), [])      # no bounce, no warning
 
 
+class EightBitTests(QueueTestCase):
+    """The scripted MX does not offer 8BITMIME: an 8-bit message bounces (5.6.3), a
+    7-bit one is delivered."""
+
+    def extra(self):
+        self.mx = ScriptedMX([])
+        self.addCleanup(self.mx.stop)
+        return {"queue": {"smtp_port": str(self.mx.port)}}
+
+    def test_8bit_to_7bit_server_bounces(self):
+        tok1, tok2 = token(), token()
+        self.submit(["friend@example.net"], body(tok1) + "Grüße\r\n".encode())
+        self.submit(["friend@example.net"], body(tok2))
+        [dsn] = wait_for(lambda: self.found(self.sender, SENDER, tok1), timeout=20)
+        self.assertIn(b"Status: 5.6.3", dsn)
+        wait_for(lambda: [m for m in self.mx.messages if tok2.encode() in m], timeout=20)
+        self.assertEqual([m for m in self.mx.messages if tok1.encode() in m], [])
+
+
 class CrashTests(QueueTestCase):
 
     def test_kill_9_mid_delivery_then_restart(self):
