@@ -52,8 +52,8 @@ from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.internet import defer, interfaces, protocol, task
 from twisted.logger import Logger
 from twisted.mail import imap4
-from zope.interface import implementer
 
+from jdmail.flow import Throttle
 from jdmail.auth import DisabledAccount, IAccountAvatar
 from jdmail.errors import DirectoryUnavailable
 from jdmail.imap import listing
@@ -136,35 +136,6 @@ async def _maybe(value):
 
 def _uid_key(record):
     return record.uid
-
-
-@implementer(interfaces.IPushProducer)
-class _Throttle:
-    """Registered with the transport while a long response streams: lets the
-    writer wait while the transport's buffer is full."""
-
-    def __init__(self):
-        self.paused = self.stopped = False
-        self._waiter = None
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.callback(None)
-
-    def stopProducing(self):
-        self.stopped = True
-        self.resumeProducing()
-
-    def wait(self):
-        if not self.paused:
-            return defer.succeed(None)
-        self._waiter = defer.Deferred()
-        return self._waiter
 
 
 class _SearchMessage:
@@ -331,7 +302,7 @@ class IMAPServer(imap4.IMAP4Server):
         """Write what is collected; while the transport is full, wait."""
         self._flush()
         if self._throttle is None:
-            self._throttle = _Throttle()
+            self._throttle = Throttle()
             self.transport.registerProducer(self._throttle, True)
         await self._throttle.wait()
         self.resetTimeout()

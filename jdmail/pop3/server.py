@@ -27,8 +27,8 @@ from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.internet import defer, interfaces, protocol, task
 from twisted.logger import Logger
 from twisted.mail import pop3
-from zope.interface import implementer
 
+from jdmail.flow import Throttle
 from jdmail.auth import DisabledAccount, IAccountAvatar
 from jdmail.errors import DirectoryUnavailable
 from jdmail.limits import ConnectionCounter
@@ -85,35 +85,6 @@ def _read_top(mbox, key, lines):
                 break
             out.append(line)
     return b"".join(out)
-
-
-@implementer(interfaces.IPushProducer)
-class _Throttle:
-    """Registered with the transport while a big message streams: lets the sender
-    wait while the transport's buffer is full."""
-
-    def __init__(self):
-        self.paused = self.stopped = False
-        self._waiter = None
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.callback(None)
-
-    def stopProducing(self):
-        self.stopped = True
-        self.resumeProducing()
-
-    def wait(self):
-        if not self.paused:
-            return defer.succeed(None)
-        self._waiter = defer.Deferred()
-        return self._waiter
 
 
 class POP3Server(pop3.POP3):
@@ -587,7 +558,7 @@ class POP3Server(pop3.POP3):
     async def _stream(self, info):
         services = self.factory.services
         f = await services.run_blocking(self.mbox.open, info.key)
-        throttle = _Throttle()
+        throttle = Throttle()
         self.transport.registerProducer(throttle, True)
         try:
             pending = b"+OK %d octets\r\n" % info.size
