@@ -53,6 +53,7 @@ from twisted.internet import defer, interfaces, protocol, task
 from twisted.logger import Logger
 from twisted.mail import imap4
 
+from jdmail.net import peer_host, set_nodelay
 from jdmail.flow import Throttle
 from jdmail.auth import DisabledAccount, IAccountAvatar
 from jdmail.errors import DirectoryUnavailable
@@ -216,16 +217,8 @@ class IMAPServer(imap4.IMAP4Server):
         return self.factory.reactor.callLater(period, func, *args)
 
     def connectionMade(self):
-        try:
-            self.client = self.transport.getPeer().host
-        except Exception:
-            self.client = "?"
-        nodelay = getattr(self.transport, "setTcpNoDelay", None)
-        if nodelay is not None:
-            try:
-                nodelay(True)
-            except Exception:
-                pass
+        self.client = peer_host(self.transport)
+        set_nodelay(self.transport)
         refused = self.factory.admit(self.client)
         if refused:
             self.log.info("imap connection refused client={client} reason={reason}",

@@ -28,6 +28,7 @@ from twisted.internet import defer, interfaces, protocol, task
 from twisted.logger import Logger
 from twisted.mail import pop3
 
+from jdmail.net import peer_host, set_nodelay
 from jdmail.flow import Throttle
 from jdmail.auth import DisabledAccount, IAccountAvatar
 from jdmail.errors import DirectoryUnavailable
@@ -120,16 +121,8 @@ class POP3Server(pop3.POP3):
         return self.factory.reactor.callLater(period, func)
 
     def connectionMade(self):
-        try:
-            self.client = self.transport.getPeer().host
-        except Exception:
-            self.client = "?"
-        nodelay = getattr(self.transport, "setTcpNoDelay", None)
-        if nodelay is not None:
-            try:
-                nodelay(True)
-            except Exception:
-                pass
+        self.client = peer_host(self.transport)
+        set_nodelay(self.transport)
         self.portal = self.factory.portal
         refused = self.factory.admit(self.client)
         if refused:
