@@ -111,7 +111,16 @@ CORE_SCHEMA = {
     "dns": {
         "servers": Option.list(default=[], help="DNS servers as ADDRESS or ADDRESS:PORT; empty = the system resolver"),
     },
-    "directory": {"type": Option.str(default="sqlite", help="the user directory: a directory plugin's kind")},
+    "directory": {
+        "type": Option.str(default="sqlite", help="the user directory: a directory plugin's kind"),
+        "cache_ttl": Option.duration(default=30.0, help="how long a lookup answer is reused; 0 = no cache"),
+        "negative_cache_ttl": Option.duration(default=5.0, help="the same for 'no such user/alias/domain'"),
+        "cache_size": Option.int(default=10000, help="lookup answers kept at most"),
+        "rehash": Option.bool(default=False, help="store a password again with password_scheme after a "
+                                                  "successful login when it uses another scheme"),
+        "password_scheme": Option.choice(("blf-crypt", "argon2id"), default="blf-crypt",
+                                         help="hash scheme for rehash and for jdmailctl"),
+    },
     "store": {"type": Option.str(default="maildir", help="the message store: a store plugin's kind")},
     "filters": {
         "chain": Option.list(default=[], help="[filter:NAME] sections to run, in order"),
@@ -129,7 +138,10 @@ POSITIVE = (("smtp", "max_message_size"), ("smtp", "max_recipients"), ("smtp", "
             ("queue", "per_destination"), ("queue", "scan_interval"), ("queue", "smtp_port"))
 MIN_IMAP_TIMEOUT = 30 * 60.0        # RFC 3501 5.4: the autologout timer is at least 30 minutes
 
-# Sections whose keys beyond "type" belong to the chosen component.
+# Durations where a plain "0" (no unit) means off.
+_ZERO_MEANS_OFF = {"queue": ("delay_warning",), "directory": ("cache_ttl", "negative_cache_ttl")}
+
+# Sections whose keys beyond the CORE_SCHEMA ones belong to the chosen component.
 COMPONENT_SECTIONS = {"directory": "directory", "store": "store"}
 FILTER_COMMON = {
     "type": Option.str(default="", help="the filter plugin's kind (default: the section's NAME)"),
@@ -261,9 +273,10 @@ def load(path=None, registry=None, datadir=None):
     for section, schema in CORE_SCHEMA.items():
         body = dict(raw.get(section, {}))
         if section in COMPONENT_SECTIONS:
-            body = {k: v for k, v in body.items() if k == "type"}
-        if section == "queue" and body.get("delay_warning", "").strip() == "0":
-            body["delay_warning"] = "0s"      # "0" (no unit) means off
+            body = {k: v for k, v in body.items() if k in schema}
+        for key in _ZERO_MEANS_OFF.get(section, ()):
+            if body.get(key, "").strip() == "0":
+                body[key] = "0s"      # "0" (no unit) means off
         sections[section] = _parse_section(label, section, body, schema, errors)
 
     core = sections["jdmail"]
@@ -304,9 +317,10 @@ def load(path=None, registry=None, datadir=None):
         if factory is None:
             errors.append(ConfigError(registry.unknown_message(kind_of, chosen), label, section, "type"))
             continue
-        body = {k: v for k, v in raw.get(section, {}).items() if k != "type"}
-        schema = {k: v for k, v in factory.options.items() if k != "type"}
-        settings = _parse_section(label, section, body, schema, errors, also_allowed=("type",))
+        core_keys = CORE_SCHEMA[section]
+        body = {k: v for k, v in raw.get(section, {}).items() if k not in core_keys}
+        schema = {k: v for k, v in factory.options.items() if k not in core_keys}
+        settings = _parse_section(label, section, body, schema, errors, also_allowed=core_keys)
         components[section] = (factory, settings)
 
     filter_sections = {s for s in raw if s.startswith("filter:")}

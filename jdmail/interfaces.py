@@ -18,7 +18,12 @@ __all__ = [
     "IUserDirectory", "IDirectoryAdmin", "IMessageStore", "IMailboxStore",
     "IFilter", "IDeliveryAgent", "IAccountStore", "IFolder",
     "MessageRecord", "FolderInfo", "FolderChanges", "QuotaExceeded", "FolderError", "FolderGone",
+    "PROTOCOLS",
 ]
+
+# The protocols a user may be allowed: "smtp" is authenticated submission (AUTH on
+# submission/smtps/MX); "pop3" and "imap" are logins on those servers.
+PROTOCOLS = frozenset({"smtp", "pop3", "imap"})
 
 
 # --- value types ---------------------------------------------------------------------------
@@ -76,18 +81,23 @@ class Account:
     """A mailbox owner as the directory knows it.
 
     ``name`` is the login and primary address (lower-case); ``mailbox`` is the
-    store's key for the user's mail (the store decides where that lives).
+    store's key for the user's mail (the store decides where that lives). Quotas
+    are the effective ones (the user's own, else the domain default; 0 = none);
+    ``protocols`` is the subset of PROTOCOLS the user may log in with.
     """
     name: str
     mailbox: str
     quota_bytes: int = 0
     enabled: bool = True
+    quota_messages: int = 0
+    protocols: frozenset = PROTOCOLS
 
 
 class ResolutionKind(enum.Enum):
     UNKNOWN = "unknown"       # a local domain, but nobody by that name
     LOCAL = "local"           # delivered to ``mailboxes`` (and ``remote`` forwards)
     REMOTE = "remote"         # the domain is not ours
+    REFUSED = "refused"       # a group the sender may not post to (``text`` says why)
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,7 @@ class Resolution:
     mailboxes: tuple = ()     # Account.mailbox keys, each once
     remote: tuple = ()        # non-local addresses an alias points to
     accounts: tuple = ()      # Account objects matching ``mailboxes``
+    text: str = ""            # REFUSED: the sentence for the client
 
 
 Resolution.Kind = ResolutionKind
@@ -169,7 +180,9 @@ class IComponentFactory(IPlugin):
 
 
 class IDirectoryFactory(IComponentFactory):
-    """Builds an IUserDirectory ([directory] type = kind)."""
+    """Builds an IUserDirectory ([directory] type = kind): usually
+    ``jdmail.directory.service.DirectoryService(backend, services, name)`` over an
+    IDirectoryBackend, so every backend shares aliases, groups, caching and checks."""
 
 
 class IStoreFactory(IComponentFactory):
@@ -195,8 +208,10 @@ class IUserDirectory(Interface):
     def is_local_domain(domain):
         """True when mail for ``domain`` (lower-case) is ours (a domain or a domain alias)."""
 
-    def resolve(address):
-        """Return the Resolution of an envelope address (any case)."""
+    def resolve(address, sender=None):
+        """Return the Resolution of an envelope address (any case). With ``sender``
+        (the envelope sender, '' for the null sender) a group restricted to its
+        members answers REFUSED to other senders; without it nothing is refused."""
 
     def authenticate(username, password):
         """Return the Account when ``password`` (str) is right for ``username``, else None."""
@@ -222,6 +237,22 @@ class IDirectoryAdmin(Interface):
     def add_alias(source, targets): """source (a@d, *@d or @d) -> targets (addresses or @d)."""
     def remove_alias(source, target=None): """Remove one target of an alias, or all of them."""
     def list_aliases(domain=None): """Return [(source, target)], sorted."""
+    def get_user(address): """Return the user's UserRecord (jdmail.directory.backend), or None."""
+    def set_user(address, quota_bytes=None, quota_messages=None, enabled=None, protocols=None,
+                 forward=None, keep_copy=None):
+        """Change the given settings of a user (None: leave as is)."""
+    def get_domain(domain): """Return the DomainRecord of a local domain, or None."""
+    def set_domain(domain, quota_bytes=None, quota_messages=None):
+        """Change a domain's default quotas (None: leave as is)."""
+    def add_group(address, members=(), members_only=False): """Add a group (distribution list)."""
+    def remove_group(address): """Remove a group."""
+    def list_groups(domain=None): """Return [(address, member count, members_only)], sorted."""
+    def get_group(address): """Return the GroupRecord, or None."""
+    def set_group(address, members_only): """Restrict posting to members (and senders), or not."""
+    def add_group_member(address, member): """Add a member (any address) to a group."""
+    def remove_group_member(address, member): """Remove a member from a group."""
+    def add_group_sender(address, sender): """Allow an address or '@domain' to post to a group."""
+    def remove_group_sender(address, sender): """Take back a sender's permission."""
 
 
 class IMessageStore(Interface):

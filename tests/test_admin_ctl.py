@@ -87,7 +87,7 @@ class UserTests(CtlTestCase):
         account = await directory.authenticate("bob@example.org", "s3cret")
         self.assertEqual((account.name, account.mailbox), ("bob@example.org", "example.org/bob"))
         self.assertIsNone(await directory.authenticate("bob@example.org", "wrong"))
-        stored = directory._user("bob@example.org")[1]
+        stored = directory.get_user("bob@example.org").password
         self.assertTrue(stored.startswith("{BLF-CRYPT}$2y$10$"), stored)
 
     async def test_password_from_stdin_and_passwd(self):
@@ -98,7 +98,7 @@ class UserTests(CtlTestCase):
         self.assertEqual(result, (0, "changed the password of carol@example.org\n", ""))
         self.assertIsNone(await directory.authenticate("carol@example.org", "first pass"))
         self.assertIsNotNone(await directory.authenticate("carol@example.org", "second"))
-        self.assertTrue(directory._user("carol@example.org")[1].startswith("{ARGON2ID}$argon2id$"))
+        self.assertTrue(directory.get_user("carol@example.org").password.startswith("{ARGON2ID}$argon2id$"))
 
     def test_refusals(self):
         self.ctl("user", "add", "bob@example.org", "--password", "pw")

@@ -672,3 +672,43 @@ class OutboundConfigTests(unittest.TestCase):
         self.assertIn("[dns] servers 'dns.example'", text)
         self.assertIn("[queue] concurrency", text)
         self.assertIn("[routing] default", text)
+
+
+class DirectoryConfigTests(unittest.TestCase):
+    """[directory]: the keys every backend shares, next to the chosen backend's own."""
+
+    def load(self, text):
+        d = tempfile.mkdtemp(prefix="jdmail-config-")
+        self.addCleanup(shutil.rmtree, d, True)
+        path = os.path.join(d, "jdmail.ini")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(textwrap.dedent(text))
+        return path, config.load(path)
+
+    def test_defaults_and_values(self):
+        cfg = config.load(None, datadir="/tmp/jdmail-x")
+        self.assertEqual((cfg["directory"]["cache_ttl"], cfg["directory"]["negative_cache_ttl"],
+                          cfg["directory"]["rehash"], cfg["directory"]["password_scheme"]),
+                         (30.0, 5.0, False, "blf-crypt"))
+        _path, cfg = self.load("""\
+            [directory]
+            path = /tmp/x.sqlite
+            cache_ttl = 0
+            negative_cache_ttl = 500ms
+            rehash = yes
+            password_scheme = ARGON2ID
+            """)
+        d = cfg["directory"]
+        self.assertEqual((d["cache_ttl"], d["negative_cache_ttl"], d["rehash"], d["password_scheme"]),
+                         (0, 0.5, True, "argon2id"))
+        self.assertEqual(cfg.components["directory"][1], {"path": "/tmp/x.sqlite"})
+
+    def test_bad_values_one_line_each(self):
+        with self.assertRaises(ConfigErrors) as cm:
+            self.load("[directory]\ncache_ttl = 1x\npassword_scheme = md5-crypt\nbogus = 1\n")
+        lines = [str(e).split(": ", 1)[1] for e in cm.exception.errors]
+        self.assertEqual(lines, [
+            "[directory] cache_ttl '1x': expected a duration with a unit, such as 500ms, 30s, 5m, 1h or 2d",
+            "[directory] password_scheme 'md5-crypt': expected one of blf-crypt, argon2id",
+            "[directory] bogus is not a known key (allowed here: cache_size, cache_ttl, negative_cache_ttl, "
+            "password_scheme, path, rehash, type)"])

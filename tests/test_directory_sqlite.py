@@ -41,8 +41,9 @@ class DirectoryTestCase(TestCase):
     def setUp(self):
         self.datadir = self.mktemp()
         self.services = make_services(self, self.datadir)
-        self.directory = SQLiteDirectoryFactory().build(
-            "directory", {"path": ""}, self.services)
+        # no cache: these tests change the directory and look again at once
+        self.directory = SQLiteDirectory(os.path.join(self.datadir, "directory.sqlite"), self.services,
+                                         cache_ttl=0, negative_cache_ttl=0)
         self.addCleanup(self.directory.close)
         d = self.directory
         d.add_domain("example.org")
@@ -63,11 +64,11 @@ class OpenTests(DirectoryTestCase):
 
     def test_default_path_and_schema(self):
         path = os.path.join(self.datadir, "directory.sqlite")
-        self.assertEqual(self.directory.path, os.path.abspath(path))
+        self.assertEqual(self.directory.backend.path, os.path.abspath(path))
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
         db = sqlite3.connect(path)
         self.addCleanup(db.close)
-        self.assertEqual(db.execute("SELECT version FROM schema_version").fetchall(), [(1,)])
+        self.assertEqual(db.execute("SELECT version FROM schema_version").fetchall(), [(2,)])
         self.assertEqual(db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
         self.assertEqual(db.execute("SELECT address, password, quota_bytes, enabled FROM users "
                                     "WHERE address = 'bob@example.org'").fetchone(),
@@ -81,19 +82,19 @@ class OpenTests(DirectoryTestCase):
         self.assertEqual(directory.list_domains(), [])
 
     def test_reopen_keeps_data(self):
-        again = SQLiteDirectory(self.directory.path, self.services)
+        again = SQLiteDirectory(self.directory.backend.path, self.services)
         self.addCleanup(again.close)
         self.assertEqual(again.list_domains(), ["example.net", "example.org"])
-        db = sqlite3.connect(self.directory.path)
+        db = sqlite3.connect(self.directory.backend.path)
         self.addCleanup(db.close)
         self.assertEqual(db.execute("SELECT count(*) FROM schema_version").fetchone()[0], 1)
 
     def test_newer_schema_refused(self):
-        db = sqlite3.connect(self.directory.path)
+        db = sqlite3.connect(self.directory.backend.path)
         db.execute("UPDATE schema_version SET version = 99")
         db.commit()
         db.close()
-        e = self.assertRaises(DirectoryError, SQLiteDirectory, self.directory.path, self.services)
+        e = self.assertRaises(DirectoryError, SQLiteDirectory, self.directory.backend.path, self.services)
         self.assertIn("schema version 99", str(e))
 
     def test_unopenable_path(self):
@@ -104,7 +105,7 @@ class OpenTests(DirectoryTestCase):
         self.assertIn("cannot open the directory database", str(e))
 
     async def test_other_process_changes_seen(self):
-        other = SQLiteDirectory(self.directory.path)
+        other = SQLiteDirectory(self.directory.backend.path)
         self.addCleanup(other.close)
         other.add_user("erin@example.org", hashed("x"))
         r = await self.directory.resolve("erin@example.org")
@@ -271,7 +272,7 @@ class AccountTests(DirectoryTestCase):
 
     async def test_verify_runs_on_the_pool(self):
         threads = []
-        import jdmail.directory.sqlite as module
+        import jdmail.directory.sql as module
         real = module.verify_password
 
         def spy(stored, password):
@@ -406,3 +407,130 @@ class AdminTests(DirectoryTestCase):
         self.assertEqual(d.list_aliases(), [("team@example.org", "carol@example.org")])
         d.remove_alias("team@example.org")
         self.assertEqual(d.list_aliases(), [])
+
+
+# The schema jdmail 0.1 wrote (version 1), verbatim.
+_V1_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS domains (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS users (
+    address TEXT PRIMARY KEY,
+    password TEXT,
+    quota_bytes INTEGER NOT NULL DEFAULT 0,
+    enabled INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    source TEXT NOT NULL,
+    target TEXT NOT NULL,
+    PRIMARY KEY (source, target)
+);
+INSERT INTO schema_version (version) VALUES (1);
+"""
+
+
+class UpgradeTests(TestCase):
+    """A version 1 file (as jdmail 0.1 left it) upgrades itself to version 2 on open."""
+
+    def setUp(self):
+        self.services = make_services(self, self.mktemp())
+        self.path = os.path.abspath(self.mktemp())
+        db = sqlite3.connect(self.path)
+        db.executescript(_V1_SCHEMA)
+        db.execute("INSERT INTO domains VALUES ('example.org')")
+        db.execute("INSERT INTO users VALUES ('bob@example.org', ?, 4096, 1)", (hashed("bob-secret"),))
+        db.execute("INSERT INTO users VALUES ('old@example.org', ?, 0, 0)", (hashed("x"),))
+        db.execute("INSERT INTO aliases VALUES ('team@example.org', 'bob@example.org')")
+        db.execute("INSERT INTO aliases VALUES ('@example.com', '@example.org')")
+        db.commit()
+        db.close()
+
+    async def test_v1_file_upgraded(self):
+        d = SQLiteDirectory(self.path, self.services, cache_ttl=0, negative_cache_ttl=0)
+        self.addCleanup(d.close)
+        db = sqlite3.connect(self.path)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("SELECT version FROM schema_version").fetchall(), [(2,)])
+        columns = {row[1] for row in db.execute("PRAGMA table_info(users)")}
+        self.assertLessEqual({"quota_messages", "protocols", "forward", "keep_copy"}, columns)
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        self.assertLessEqual({"mail_groups", "group_members", "group_senders"}, tables)
+        # the old data, with the new settings at their defaults
+        bob = d.get_user("bob@example.org")
+        self.assertEqual((bob.quota_bytes, bob.quota_messages, bob.enabled, bob.protocols, bob.forward,
+                          bob.keep_copy), (4096, 0, True, frozenset({"imap", "pop3", "smtp"}), (), True))
+        self.assertFalse(d.get_user("old@example.org").enabled)
+        self.assertEqual((await d.resolve("team@example.com")).mailboxes, ("example.org/bob",))
+        self.assertIsNotNone(await d.authenticate("bob@example.org", "bob-secret"))
+        # and the new features work on it
+        d.add_group("staff@example.org", ["bob@example.org"])
+        d.set_domain("example.org", quota_messages=100)
+        self.assertEqual((await d.resolve("staff@example.org")).mailboxes, ("example.org/bob",))
+        self.assertEqual((await d.account("bob@example.org")).quota_messages, 100)
+
+    def test_upgrade_happens_once(self):
+        SQLiteDirectory(self.path, self.services).close()
+        SQLiteDirectory(self.path, self.services).close()
+        db = sqlite3.connect(self.path)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("SELECT version FROM schema_version").fetchall(), [(2,)])
+
+
+class AdminV2Tests(DirectoryTestCase):
+    """The version 2 settings: per-user switches, domain defaults, groups."""
+
+    async def test_user_settings(self):
+        d = self.directory
+        d.set_user("Bob@example.org", quota_messages=50, enabled=False, protocols=["imap", "POP3"],
+                   forward=["carol@example.org", "Bob@Remote.test"], keep_copy=False)
+        bob = d.get_user("bob@example.org")
+        self.assertEqual((bob.quota_bytes, bob.quota_messages, bob.enabled, bob.protocols, bob.forward,
+                          bob.keep_copy),
+                         (1024, 50, False, frozenset({"imap", "pop3"}), ("carol@example.org", "bob@remote.test"),
+                          False))
+        r = await d.resolve("bob@example.org")
+        self.assertEqual((r.mailboxes, r.remote), (("example.org/carol",), ("bob@remote.test",)))
+        d.set_user("bob@example.org", forward=[], keep_copy=True)
+        self.assertEqual(d.get_user("bob@example.org").forward, ())
+        self.assertRaises(DirectoryError, d.set_user, "bob@example.org", protocols=["ftp"])
+        self.assertRaises(DirectoryError, d.set_user, "bob@example.org", quota_messages=-1)
+        self.assertRaises(DirectoryError, d.set_user, "bob@example.org", forward=["not an address"])
+        self.assertRaises(DirectoryError, d.set_user, "ghost@example.org", enabled=True)
+
+    async def test_domain_defaults(self):
+        d = self.directory
+        d.set_domain("example.org", quota_bytes=2048, quota_messages=9)
+        self.assertEqual(d.get_domain("Example.ORG").quota_messages, 9)
+        self.assertEqual((await d.account("bob@example.org")).quota_bytes, 1024)     # its own wins
+        carol = await d.account("carol@example.org")
+        self.assertEqual((carol.quota_bytes, carol.quota_messages), (2048, 9))
+        self.assertRaises(DirectoryError, d.set_domain, "nowhere.test", quota_bytes=1)
+        self.assertIsNone(d.get_domain("nowhere.test"))
+
+    async def test_groups(self):
+        d = self.directory
+        d.add_group("staff@example.org", ["bob@example.org", "carol@example.org"])
+        d.add_group_member("staff@example.org", "Dave@Example.net")
+        self.assertEqual(d.list_groups(), [("staff@example.org", 3, False)])
+        d.set_group("staff@example.org", True)
+        d.add_group_sender("staff@example.org", "@partner.test")
+        g = d.get_group("staff@example.org")
+        self.assertEqual((g.members, g.members_only, g.senders),
+                         (("bob@example.org", "carol@example.org", "dave@example.net"), True, ("@partner.test",)))
+        r = await d.resolve("staff@example.org", sender="x@partner.test")
+        self.assertEqual(r.mailboxes, ("example.org/bob", "example.org/carol", "example.net/dave"))
+        r = await d.resolve("staff@example.org", sender="x@elsewhere.test")
+        self.assertEqual(r.kind, Resolution.Kind.REFUSED)
+        e = self.assertRaises(DirectoryError, d.add_group, "bob@example.org")
+        self.assertEqual(str(e), "bob@example.org is already a user")
+        e = self.assertRaises(DirectoryError, d.add_user, "staff@example.org", hashed("x"))
+        self.assertEqual(str(e), "staff@example.org is already a group")
+        self.assertRaises(DirectoryError, d.add_group_member, "staff@example.org", "bob@example.org")
+        self.assertRaises(DirectoryError, d.remove_group_member, "staff@example.org", "ghost@example.org")
+        e = self.assertRaises(DirectoryError, d.remove_domain, "example.net")
+        self.assertIn("1 user", str(e))
+        d.remove_group_member("staff@example.org", "dave@example.net")
+        d.remove_group_sender("staff@example.org", "@partner.test")
+        d.remove_group("staff@example.org")
+        self.assertEqual(d.list_groups(), [])
+        self.assertRaises(DirectoryError, d.remove_group, "staff@example.org")
+        self.assertEqual((await d.resolve("staff@example.org")).kind, UNKNOWN)

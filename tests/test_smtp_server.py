@@ -25,7 +25,7 @@ BOB = Account(name="bob@example.org", mailbox="example.org/bob")
 class FakeDirectory:
     """bob@example.org is a user (password 'secret'); other example.org names are unknown."""
 
-    async def resolve(self, address):
+    async def resolve(self, address, sender=None):
         if address.lower() == BOB.name:
             return Resolution(Resolution.Kind.LOCAL, mailboxes=(BOB.mailbox,), accounts=(BOB,))
         if address.lower().endswith("@example.org"):
@@ -342,7 +342,7 @@ class SlowDirectoryTests(ServerTestCase):
         self.pending = []
         fast = self.factory.directory.resolve
 
-        async def slow(address):
+        async def slow(address, sender=None):
             d = Deferred()
             self.pending.append(d)
             await d

@@ -491,7 +491,7 @@ class SMTPQuotaTests(unittest.TestCase):
                 return test.usage.get(mailbox, 0), 1
 
         class Directory:
-            async def resolve(self, address):
+            async def resolve(self, address, sender=None):
                 address = address.lower()
                 if address == "team@example.org":
                     accounts = (test.accounts["bob@example.org"], test.accounts["carol@example.org"])

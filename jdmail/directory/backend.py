@@ -10,18 +10,23 @@ Every lookup is a coroutine or returns a Deferred. Addresses handed to a backend
 already normalised (lower-case domain, local part as jdmail.address.normalize gives
 it). A backend that cannot answer now (server down, timeout, lost connection) raises
 jdmail.errors.DirectoryUnavailable -- never returns None for "I don't know".
+
+A backend's IDirectoryFactory returns ``DirectoryService(backend, services, name)``
+(jdmail.directory.service); the shared [directory] keys (cache_ttl,
+negative_cache_ttl, cache_size, rehash, password_scheme) are in jdmail.config's
+CORE_SCHEMA, so a factory declares only its own options. A backend that also
+provides IDirectoryAdmin is managed by jdmailctl (the service passes admin calls
+through); an SQL backend gets all of that from jdmail.directory.sql.
 """
 
 from dataclasses import dataclass
 
 from zope.interface import Attribute, Interface
 
+from jdmail.interfaces import PROTOCOLS
+
 __all__ = ["PROTOCOLS", "UserRecord", "DomainRecord", "GroupRecord", "IDirectoryBackend",
            "IPasswordRehash"]
-
-# The protocols a user may be allowed: "smtp" is authenticated submission (AUTH on
-# submission/smtps/MX); "pop3" and "imap" are logins on those servers.
-PROTOCOLS = frozenset({"smtp", "pop3", "imap"})
 
 
 @dataclass(frozen=True)

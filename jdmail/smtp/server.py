@@ -549,7 +549,9 @@ class ESMTPServer(smtp.ESMTP):
 
     async def _check_recipient(self, address):
         txn = self.txn
-        resolution = await self.factory.directory.resolve(address)
+        resolution = await self.factory.directory.resolve(address, sender=txn.sender)
+        if resolution.kind == Resolution.Kind.REFUSED:
+            return 550, "5.7.1", f"<{address}>: Recipient address rejected: {resolution.text}"
         if resolution.kind == Resolution.Kind.REMOTE:
             if self.account is None and not self._trusted():
                 return 554, "5.7.1", f"<{address}>: Relay access denied"
