@@ -206,7 +206,7 @@ class LoadTests(unittest.TestCase):
             f"{path}: [auth] fail_delay '2': expected a duration with a unit, such as 500ms, 30s, 5m, 1h or 2d",
             f"{path}: [filters] on_error 'bounce': expected one of tempfail, continue, reject",
             f"{path}: [filters] chain names 'clamav' but there is no [filter:clamav] section",
-            f"{path}: [directory] type 'ldapx': no directory plugin has that name (available: sqlite)",
+            f"{path}: [directory] type 'ldapx': no directory plugin has that name (available: ldap, sqlite)",
             f"{path}: [store] colour is not a known key (allowed here: path, type)",
             f"{path}: [smtpd] is not a known section (allowed: {', '.join(sorted(config.CORE_SCHEMA))}, filter:NAME, relay:NAME, routing)",
         ]))
@@ -307,7 +307,7 @@ CASES = {
     "bad_choice": ("[filters]\non_error = bounce\n",
                    ["[filters] on_error 'bounce': expected one of tempfail, continue, reject"]),
     "unknown_directory_type": ("[directory]\ntype = ldapx\n",
-                               ["[directory] type 'ldapx': no directory plugin has that name (available: sqlite)"]),
+                               ["[directory] type 'ldapx': no directory plugin has that name (available: ldap, sqlite)"]),
     "chain_missing_section": ("[filters]\nchain = clamav\n",
                               ["[filters] chain names 'clamav' but there is no [filter:clamav] section"]),
     "no_section_header": ("hostname = mx.example.org\n[jdmail]\n",
@@ -581,14 +581,29 @@ class SampleConfigTests(unittest.TestCase):
                 self.assertEqual(option.parse(text), option.default, f"[{section}] {key} = {text}")
 
     def test_uncommented_sample_loads(self):
-        """Uncomment every key (plugin_dirs pointed at tests/dropins): still a valid config."""
-        out = []
+        """Uncomment every key (plugin_dirs pointed at tests/dropins): still a valid config,
+        with each built-in directory type in turn (the keys of the others left out)."""
+        kinds = self.builtin("directory")
+        self.assertIn("ldap", kinds)
+        for kind, factory in kinds.items():
+            self.uncommented_sample_loads(kind, set(factory.options))
+
+    def uncommented_sample_loads(self, kind, keys):
+        keys |= set(config.CORE_SCHEMA["directory"])
+        out, section = [], None
         with open(SAMPLE, encoding="utf-8") as f:
             for line in f:
-                if _HEADER.match(line) or _KEY.match(line):
+                header, key = _HEADER.match(line), _KEY.match(line)
+                if header:
+                    section = header.group(1)
+                if header or key:
+                    if section == "directory" and key and key.group(2) not in keys:
+                        continue
                     line = line.lstrip().lstrip(";").lstrip()
                     if line.startswith("plugin_dirs"):
                         line = f"plugin_dirs = {DROPINS}\n"
+                    if section == "directory" and line.startswith("type"):
+                        line = f"type = {kind}\n"
                 out.append(line)
         d = tempfile.mkdtemp(prefix="jdmail-sample-")
         self.addCleanup(shutil.rmtree, d, True)

@@ -231,11 +231,11 @@ class UnknownAndBrokenTests(RegistryTestMixin, unittest.TestCase):
     def test_unknown_directory_type_lists_available(self):
         path = self.write_ini("""\
             [directory]
-            type = ldap
+            type = openldap
             """)
         self.assertEqual(self.load_errors(path),
-                         [f"{path}: [directory] type 'ldap': no directory plugin has that name "
-                          "(available: sqlite)"])
+                         [f"{path}: [directory] type 'openldap': no directory plugin has that name "
+                          "(available: ldap, sqlite)"])
 
     def test_broken_plugin_is_named(self):
         d = self.plugin_dir(jdmail_test_broken_syntax="""\

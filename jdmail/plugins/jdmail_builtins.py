@@ -1,7 +1,9 @@
 """jdmail's built-in components, registered exactly as a third-party plugin would be."""
 
+from jdmail.directory.ldap import LDAPDirectoryFactory
 from jdmail.directory.sqlite import SQLiteDirectoryFactory
 from jdmail.store.maildir import MaildirStoreFactory
 
 sqliteDirectory = SQLiteDirectoryFactory()
+ldapDirectory = LDAPDirectoryFactory()
 maildirStore = MaildirStoreFactory()

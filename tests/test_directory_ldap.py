@@ -1,0 +1,361 @@
+"""The LDAP directory backend against a real, private slapd (tests/fixtures/ldap.py):
+OpenLDAP and Active Directory presets, search + bind and bind-as-user, attribute
+mapping, groups, LDAP injection, StartTLS and ldaps, and the server going away."""
+
+import atexit
+import os
+import signal
+import time
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from jdmail.directory.ldap import (LDAPDirectoryFactory, LDAPUserRecord, escape_dn_value,
+                                   fill_filter)
+from jdmail.errors import ConfigErrors, DirectoryUnavailable
+from jdmail.services import Services
+from tests.fixtures.ldap import PASSWORDS, SERVICE_DN, SUFFIX, SlapdServer, seed_ldif
+
+FACTORY = LDAPDirectoryFactory()
+_shared = []
+
+
+def shared_slapd():
+    """One slapd for the module (trial has no setUpClass); tests only read it."""
+    if not _shared:
+        server = SlapdServer(seed_ldif())
+        server.start()
+        atexit.register(server.stop)
+        _shared.append(server)
+    return _shared[0]
+
+
+def settings(slapd, **overrides):
+    """The factory's defaults for ``slapd`` with the service account, plus overrides."""
+    s = {key: option.default for key, option in FACTORY.options.items()}
+    s.update(uri=[slapd.uri], base_dn=SUFFIX, domains=["example.org", "example.com"],
+             bind_dn=SERVICE_DN, bind_password=PASSWORDS["service"], timeout=5.0)
+    s.update(overrides)
+    return s
+
+
+def services():
+    return Services(reactor=reactor, config=None, hostname="mail.test", datadir="/nonexistent",
+                    threadpool=reactor.getThreadPool())
+
+
+class LDAPTestCase(unittest.TestCase):
+
+    def setUp(self):
+        self.slapd = shared_slapd()
+
+    def backend(self, slapd=None, **overrides):
+        backend = FACTORY.backend("directory", settings(slapd or self.slapd, **overrides), services())
+        self.addCleanup(backend.close)
+        return backend
+
+
+class OpenLDAPPresetTests(LDAPTestCase):
+    """schema = openldap: inetOrgPerson, mail + mailLocalAddress, groupOfNames."""
+
+    async def test_user_by_primary_address(self):
+        user = await self.backend().user("bob@example.org")
+        self.assertIsInstance(user, LDAPUserRecord)
+        self.assertEqual((user.address, user.dn, user.password, user.enabled, user.quota_bytes),
+                         ("bob@example.org", f"uid=bob,ou=people,{SUFFIX}", None, True, 0))
+
+    async def test_user_by_alternate_address(self):
+        backend = self.backend()
+        for address in ("robert@example.org", "bob.builder@example.org"):
+            user = await backend.user(address)
+            self.assertEqual(user.address, "bob@example.org", address)
+
+    async def test_unknown_user(self):
+        backend = self.backend()
+        self.assertIsNone(await backend.user("nobody@example.org"))
+        self.assertIsNone(await backend.user("bob@example.net"))
+        self.assertIsNone(await backend.group("nobody@example.org"))
+
+    async def test_domains_from_the_list(self):
+        backend = self.backend(domains=["Example.ORG", "example.com"])
+        self.assertEqual((await backend.domain("example.org")).name, "example.org")
+        self.assertIsNone(await backend.domain("example.net"))
+        self.assertEqual(await backend.aliases("bob@example.org"), [])
+
+    async def test_attribute_mapping(self):
+        backend = self.backend(quota_attribute="mailQuota", enabled_attribute="accountStatus",
+                               forward_attribute="mailForwardingAddress",
+                               protocols_attribute="enabledService")
+        bob = await backend.user("bob@example.org")
+        self.assertEqual((bob.quota_bytes, bob.enabled, bob.forward, bob.protocols),
+                         (10485760, True, (), frozenset({"smtp", "pop3", "imap"})))
+        alice = await backend.user("alice@example.org")
+        self.assertTrue(alice.enabled)
+        dave = await backend.user("dave@example.org")
+        self.assertEqual((dave.enabled, dave.forward, dave.keep_copy, dave.protocols),
+                         (False, ("alice@example.org",), True, frozenset({"imap"})))
+        backend = self.backend(forward_attribute="mailForwardingAddress", forward_keep_copy=False)
+        dave = await backend.user("dave@example.org")
+        self.assertEqual((dave.forward, dave.keep_copy), (("alice@example.org",), False))
+
+    async def test_group_members_from_member_dns(self):
+        group = await self.backend().group("team@example.org")
+        # uid=nomail has no address: skipped
+        self.assertEqual((group.address, group.members), ("team@example.org",
+                                                         ("bob@example.org", "alice@example.org")))
+
+    async def test_no_groups_when_group_filter_is_empty(self):
+        self.assertIsNone(await self.backend(group_filter="").group("team@example.org"))
+
+    async def test_search_and_bind(self):
+        backend = self.backend()
+        bob = await backend.user("robert@example.org")
+        self.assertTrue(await backend.verify(bob, PASSWORDS["bob"]))
+        self.assertFalse(await backend.verify(bob, "wrong"))
+        self.assertFalse(await backend.verify(bob, ""))          # would be an unauthenticated bind
+        self.assertFalse(await backend.verify(bob, PASSWORDS["alice"]))
+        self.assertTrue(await backend.verify(bob, PASSWORDS["bob"]))   # the pooled connection rebinds
+
+    async def test_bind_as_user_with_a_dn_template(self):
+        backend = self.backend(auth="bind", user_dn_template=f"uid={{local}},ou=people,{SUFFIX}")
+        bob = await backend.user("robert@example.org")      # the template takes the primary address
+        self.assertTrue(await backend.verify(bob, PASSWORDS["bob"]))
+        self.assertFalse(await backend.verify(bob, PASSWORDS["alice"]))
+        # the template, not the DN the search found, is what is bound as
+        fake = LDAPUserRecord(address="alice@example.org", dn=f"uid=bob,ou=people,{SUFFIX}")
+        self.assertTrue(await backend.verify(fake, PASSWORDS["alice"]))
+        self.assertFalse(await backend.verify(fake, PASSWORDS["bob"]))
+
+    async def test_anonymous_lookups_refused_are_unavailable(self):
+        # this slapd lets anonymous clients bind only: a configuration to fix, not "no such user"
+        with self.assertRaises(DirectoryUnavailable) as cm:
+            await self.backend(bind_dn="", bind_password="").user("bob@example.org")
+        self.assertIn("insufficientAccessRights", str(cm.exception))
+
+    async def test_wrong_service_password_is_unavailable(self):
+        backend = self.backend(bind_password="wrong")
+        with self.assertRaises(DirectoryUnavailable) as cm:
+            await backend.user("bob@example.org")
+        self.assertIn("invalidCredentials", str(cm.exception))
+
+    async def test_bind_password_file(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(PASSWORDS["service"] + "\n")
+        backend = self.backend(bind_password="", bind_password_file=path)
+        self.assertEqual((await backend.user("bob@example.org")).address, "bob@example.org")
+
+
+class ActiveDirectoryPresetTests(LDAPTestCase):
+    """schema = activedirectory against the stand-in AD schema."""
+
+    def backend(self, **overrides):
+        overrides.setdefault("schema", "activedirectory")
+        overrides.setdefault("base_dn", f"ou=ad,{SUFFIX}")
+        overrides.setdefault("domains", ["example.com"])
+        return super().backend(**overrides)
+
+    async def test_primary_is_the_SMTP_proxy_address(self):
+        backend = self.backend()
+        for address in ("carol@corp.example.com", "carol@example.com", "carol.jones@example.com",
+                        "CAROL.JONES@example.com"):
+            user = await backend.user(address)
+            self.assertEqual((user.address, user.dn, user.enabled),
+                             ("carol.jones@example.com", f"cn=Carol Jones,ou=ad,{SUFFIX}", True), address)
+
+    async def test_other_proxy_types_are_not_addresses(self):
+        backend = self.backend()
+        self.assertIsNone(await backend.user("/o=Example/ou=Exchange/cn=Recipients/cn=carol"))
+        self.assertIsNone(await backend.user("sip:carol@example.com"))
+
+    async def test_no_mail_attribute_but_a_proxy_address(self):
+        self.assertEqual((await self.backend().user("frank@example.com")).address, "frank@example.com")
+
+    async def test_account_disabled_bit(self):
+        backend = self.backend()
+        self.assertFalse((await backend.user("erin@example.com")).enabled)       # 514 = 512 | 2
+        self.assertTrue((await backend.user("frank@example.com")).enabled)       # 512
+        self.assertTrue((await backend.user("carol@example.com")).enabled)       # 66048
+
+    async def test_group_members_from_memberof(self):
+        group = await self.backend().group("sales@example.com")
+        self.assertEqual(sorted(group.members), ["carol.jones@example.com", "erin@example.com",
+                                                 "frank@example.com"])
+
+    async def test_group_members_from_member_when_memberof_is_off(self):
+        group = await self.backend(member_of_attribute="").group("sales@example.com")
+        self.assertEqual(group.members, ("carol.jones@example.com", "erin@example.com",
+                                         "frank@example.com"))
+
+    async def test_search_and_bind_with_the_upn(self):
+        backend = self.backend()
+        carol = await backend.user("carol@corp.example.com")
+        self.assertTrue(await backend.verify(carol, PASSWORDS["carol"]))
+        self.assertFalse(await backend.verify(carol, PASSWORDS["frank"]))
+
+    async def test_openldap_users_are_not_ad_users(self):
+        self.assertIsNone(await self.backend(base_dn=SUFFIX).user("bob@example.org"))
+
+
+INJECTIONS = [
+    "*", "*@example.org", "b*@example.org", ")(uid=*", "bob@example.org)(|(mail=*",
+    "admin*)(|(mail=*", "admin*)(|(mail=*@example.org", "*)(objectClass=*))(|(mail=*@example.org",
+    "\\2a", "\\2a@example.org", "bob\x00@example.org", "bob@example.org\x00", "\x00",
+    "(mail=*)", "bob@example.org)", "*)(userPassword=*", "uid=bob,ou=people," + SUFFIX,
+]
+
+
+class InjectionTests(LDAPTestCase):
+    """User input in filters and DNs is escaped: it never matches more than itself."""
+
+    def test_fill_filter_escapes(self):
+        self.assertEqual(fill_filter("(&(mail={address})(uid={local})(o={domain}))", "a*)(x@d\\2a\x00"),
+                         "(&(mail=a\\2a\\29\\28x@d\\5c2a\\00)(uid=a\\2a\\29\\28x)(o=d\\5c2a\\00))")
+        # a value holding a placeholder is not filled again
+        self.assertEqual(fill_filter("(|(mail={address})(uid={local}))", "{local}@x"),
+                         "(|(mail={local}@x)(uid={local}))")
+
+    def test_escape_dn_value(self):
+        self.assertEqual(escape_dn_value('a,b+c"d\\e<f>g;h=i'), 'a\\,b\\+c\\"d\\\\e\\<f\\>g\\;h\\=i')
+        self.assertEqual(escape_dn_value(" #x\x00y "), "\\ #x\\00y\\ ")
+        self.assertEqual(escape_dn_value("#x"), "\\#x")
+
+    async def test_no_injection_finds_a_user_or_group(self):
+        for schema, base in (("openldap", SUFFIX), ("activedirectory", f"ou=ad,{SUFFIX}")):
+            backend = self.backend(schema=schema, base_dn=base)
+            for text in INJECTIONS:
+                self.assertIsNone(await backend.user(text), (schema, text))
+                self.assertIsNone(await backend.group(text), (schema, text))
+
+    async def test_wildcards_are_literal(self):
+        # unescaped, "*@example.org" would match every user: prove there are several
+        backend = self.backend(user_filter="(&(objectClass=inetOrgPerson)(mail={local}@example.org))")
+        self.assertIsNone(await backend.user("*@example.org"))
+        self.assertEqual((await backend.user("alice@example.org")).address, "alice@example.org")
+
+    async def test_bind_template_escapes_the_address(self):
+        backend = self.backend(auth="bind", user_dn_template=f"uid={{local}},ou=people,{SUFFIX}")
+        # an address from the directory that would change the DN if not escaped
+        evil = LDAPUserRecord(address=f"bob,ou=people,{SUFFIX}@example.org")
+        self.assertFalse(await backend.verify(evil, PASSWORDS["bob"]))
+        self.assertTrue(await backend.verify(LDAPUserRecord(address="bob@example.org"), PASSWORDS["bob"]))
+
+
+class TLSTests(LDAPTestCase):
+    """ldaps:// and StartTLS, with the test CA; ou=tls entries are readable over TLS only."""
+
+    async def test_plain_connection_cannot_read_tls_only_entries(self):
+        self.assertIsNone(await self.backend().user("tina@example.org"))
+
+    async def test_ldaps(self):
+        backend = self.backend(uri=[self.slapd.ldaps_uri], ca_file=self.slapd.ca_file)
+        tina = await backend.user("tina@example.org")
+        self.assertEqual(tina.dn, f"uid=tina,ou=tls,{SUFFIX}")
+        self.assertTrue(await backend.verify(tina, PASSWORDS["tina"]))
+
+    async def test_starttls(self):
+        backend = self.backend(start_tls=True, ca_file=self.slapd.ca_file)
+        tina = await backend.user("tina@example.org")
+        self.assertEqual(tina.dn, f"uid=tina,ou=tls,{SUFFIX}")
+        self.assertTrue(await backend.verify(tina, PASSWORDS["tina"]))
+
+    async def test_untrusted_certificate_is_refused(self):
+        for overrides in ({"uri": [self.slapd.ldaps_uri]}, {"start_tls": True}):
+            backend = self.backend(**overrides)          # the system CAs do not know the test CA
+            with self.assertRaises(DirectoryUnavailable):
+                await backend.user("bob@example.org")
+
+    async def test_wrong_name_is_refused(self):
+        uri = self.slapd.ldaps_uri.replace("127.0.0.1", "127.0.0.2")    # not in the certificate
+        backend = self.backend(uri=[uri], ca_file=self.slapd.ca_file)
+        with self.assertRaises(DirectoryUnavailable):
+            await backend.user("bob@example.org")
+
+    async def test_verification_off(self):
+        backend = self.backend(uri=[self.slapd.ldaps_uri], tls_verify=False)
+        self.assertEqual((await backend.user("tina@example.org")).address, "tina@example.org")
+
+
+class UnavailableTests(unittest.TestCase):
+    """A slapd of its own, killed, stopped and restarted."""
+
+    def setUp(self):
+        self.slapd = SlapdServer(seed_ldif())
+        self.addCleanup(self.slapd.stop)
+        self.slapd.start()
+
+    def backend(self, **overrides):
+        backend = FACTORY.backend("directory", settings(self.slapd, **overrides), services())
+        self.addCleanup(backend.close)
+        return backend
+
+    async def test_killed_then_restarted(self):
+        backend = self.backend(uri=["ldap://127.0.0.1:1", self.slapd.uri])   # the first one is refused
+        bob = await backend.user("bob@example.org")
+        self.assertTrue(await backend.verify(bob, PASSWORDS["bob"]))
+        self.slapd.kill()
+        with self.assertRaises(DirectoryUnavailable):
+            await backend.user("bob@example.org")
+        with self.assertRaises(DirectoryUnavailable):
+            await backend.group("team@example.org")
+        with self.assertRaises(DirectoryUnavailable):
+            await backend.verify(bob, PASSWORDS["bob"])
+        self.slapd.start()
+        self.assertEqual((await backend.user("bob@example.org")).address, "bob@example.org")
+        self.assertTrue(await backend.verify(bob, PASSWORDS["bob"]))
+        self.assertFalse(await backend.verify(bob, "wrong"))
+
+    async def test_hung_server_times_out(self):
+        backend = self.backend(timeout=1.0)
+        self.assertIsNotNone(await backend.user("bob@example.org"))
+        os.kill(self.slapd.proc.pid, signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            with self.assertRaises(DirectoryUnavailable):
+                await backend.user("alice@example.org")
+        finally:
+            os.kill(self.slapd.proc.pid, signal.SIGCONT)
+        self.assertLess(time.monotonic() - start, 30)      # bounded, not forever
+        self.assertEqual((await backend.user("alice@example.org")).address, "alice@example.org")
+
+
+class SettingsTests(unittest.TestCase):
+    """Presets, overrides and the one-line errors for bad values."""
+
+    def base(self, **overrides):
+        s = {key: option.default for key, option in FACTORY.options.items()}
+        s.update(uri=["ldap://127.0.0.1"], base_dn=SUFFIX, domains=["example.org"])
+        s.update(overrides)
+        return s
+
+    def errors(self, **overrides):
+        with self.assertRaises(ConfigErrors) as cm:
+            FACTORY.settings_for(self.base(**overrides), ("/etc/jdmail.ini", "directory"))
+        return [str(e) for e in cm.exception.errors]
+
+    def test_presets_and_overrides(self):
+        s = FACTORY.settings_for(self.base(schema="activedirectory", enabled_attribute="accountStatus",
+                                           enabled_format="boolean", quota_attribute=""))
+        self.assertEqual((s["enabled_attribute"], s["enabled_format"], s["quota_attribute"],
+                          s["alias_attributes"], s["member_of_attribute"]),
+                         ("accountStatus", "boolean", "", ["proxyAddresses"], "memberOf"))
+        self.assertEqual((s["user_base_dn"], s["group_base_dn"]), (SUFFIX, SUFFIX))
+        s = FACTORY.settings_for(self.base(alias_attributes=[]))
+        self.assertEqual((s["alias_attributes"], s["mail_attribute"]), ([], "mail"))
+
+    def test_bad_values(self):
+        self.assertEqual(self.errors(uri=["http://x"]),
+                         ["/etc/jdmail.ini: [directory] uri 'http://x': expected ldap://HOST[:PORT] or "
+                          "ldaps://HOST[:PORT]"])
+        self.assertEqual(self.errors(user_filter="(mail={address}"),
+                         ["/etc/jdmail.ini: [directory] user_filter '(mail={address}': not a valid LDAP "
+                          "filter (invalid filter)"])
+        self.assertEqual(self.errors(group_filter="(mail=x)"),
+                         ["/etc/jdmail.ini: [directory] group_filter '(mail=x)': must hold {address} "
+                          "(or {local} / {domain})"])
+        self.assertEqual(self.errors(auth="bind"),
+                         ["/etc/jdmail.ini: [directory] user_dn_template is required with auth = bind "
+                          "and must hold {address}, {local} or {domain}"])
+        self.assertEqual(self.errors(ca_file="/nonexistent/ca.pem"),
+                         ["/etc/jdmail.ini: [directory] ca_file '/nonexistent/ca.pem': cannot read: "
+                          "No such file or directory"])
