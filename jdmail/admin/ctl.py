@@ -117,8 +117,9 @@ def open_directory(path):
     except DirectoryError as e:
         raise CtlError(str(e), status=2) from None
     if not IDirectoryAdmin.providedBy(directory):
-        raise CtlError(f"the {factory.kind!r} directory cannot be changed with {PROG}; "
-                       "manage its users with its own tools", status=2)
+        reason = getattr(factory, "read_only_reason", "") or "manage its users with its own tools"
+        raise CtlError(f"the {factory.kind!r} directory cannot be changed with {PROG}; {reason}",
+                       status=2)
     return directory
 
 

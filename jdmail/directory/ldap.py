@@ -327,6 +327,8 @@ class LDAPDirectoryFactory:
 
     kind = "ldap"
     description = "Users and groups from an LDAP server (OpenLDAP, Active Directory); read-only."
+    read_only_reason = ("it is managed with LDAP tools (ldapadd/ldapmodify, Active Directory "
+                        "Users and Computers)")
     options = {
         "uri": Option.list(required=True, help="ldap://HOST[:PORT] or ldaps://HOST[:PORT]; several are "
                                                "tried in order"),
