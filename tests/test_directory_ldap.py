@@ -14,6 +14,7 @@ from jdmail.directory.ldap import (LDAPDirectoryFactory, LDAPUserRecord, escape_
                                    fill_filter)
 from jdmail.errors import ConfigErrors, DirectoryUnavailable
 from jdmail.services import Services
+from tests.e2e import wait_for
 from tests.fixtures.ldap import PASSWORDS, SERVICE_DN, SUFFIX, SlapdServer, seed_ldif
 
 FACTORY = LDAPDirectoryFactory()
@@ -193,6 +194,14 @@ class ActiveDirectoryPresetTests(LDAPTestCase):
         self.assertTrue(await backend.verify(carol, PASSWORDS["carol"]))
         self.assertFalse(await backend.verify(carol, PASSWORDS["frank"]))
 
+    async def test_samaccountname_login_by_override(self):
+        backend = self.backend(user_filter="(&(objectClass=user)(|(userPrincipalName={address})"
+                                           "(sAMAccountName={address})(proxyAddresses=smtp:{address})))")
+        carol = await backend.user("carol")
+        self.assertEqual(carol.address, "carol.jones@example.com")
+        self.assertTrue(await backend.verify(carol, PASSWORDS["carol"]))
+        self.assertIsNone(await backend.user("car*"))
+
     async def test_openldap_users_are_not_ad_users(self):
         self.assertIsNone(await self.backend(base_dn=SUFFIX).user("bob@example.org"))
 
@@ -309,6 +318,7 @@ class UnavailableTests(unittest.TestCase):
         backend = self.backend(timeout=1.0)
         self.assertIsNotNone(await backend.user("bob@example.org"))
         os.kill(self.slapd.proc.pid, signal.SIGSTOP)
+        self.assertTrue(wait_for(lambda: _state(self.slapd.proc.pid) == "T"), "slapd did not stop")
         try:
             start = time.monotonic()
             with self.assertRaises(DirectoryUnavailable):
@@ -317,6 +327,12 @@ class UnavailableTests(unittest.TestCase):
             os.kill(self.slapd.proc.pid, signal.SIGCONT)
         self.assertLess(time.monotonic() - start, 30)      # bounded, not forever
         self.assertEqual((await backend.user("alice@example.org")).address, "alice@example.org")
+
+
+def _state(pid):
+    """The process state letter from /proc (T: stopped)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 class SettingsTests(unittest.TestCase):

@@ -111,12 +111,34 @@ class Clients:
 
 
 class OpenLDAPTests(Clients, TestCase):
-    """schema = openldap over StartTLS, with iRedMail-style quota and account status."""
+    """schema = openldap over StartTLS, bind as the user's DN from a template, with
+    iRedMail-style quota and account status."""
 
     def setUp(self):
         self.slapd = shared_slapd()
         self.server = shared_jdmail("openldap", self.slapd, quota_attribute="mailQuota",
-                                    enabled_attribute="accountStatus")
+                                    enabled_attribute="accountStatus", auth="bind",
+                                    user_dn_template=f"uid={{local}},ou=people,{SUFFIX}")
+
+    def smtp_auth(self, user, password):
+        """(code, text) of AUTH PLAIN on the submission port after STARTTLS."""
+        c = smtplib.SMTP("127.0.0.1", self.server.ports["submission"], timeout=10)
+        self.addCleanup(self._quit, c)
+        c.ehlo("client.test")
+        c.starttls(context=unverified_context())
+        c.ehlo("client.test")
+        c.user, c.password = user, password
+        try:
+            return c.auth("PLAIN", c.auth_plain)
+        except smtplib.SMTPAuthenticationError as e:
+            return e.smtp_code, e.smtp_error
+
+    def test_smtp_auth(self):
+        self.assertEqual(self.smtp_auth("bob@example.org", PASSWORDS["bob"]),
+                         (235, b"2.7.0 Authentication successful"))
+        for user in ("*", "admin*)(|(mail=*", "bob@example.org)(|(mail=*"):
+            code, _ = self.smtp_auth(user, PASSWORDS["bob"])
+            self.assertEqual(code, 535, user)
 
     def test_smtp_to_a_user_and_read_it_over_pop3_and_imap(self):
         tok = token()
