@@ -268,9 +268,9 @@ class IMessageStore(Interface):
     def mailbox(mailbox, folder="INBOX"):
         """Return an IMailboxStore for one folder of one mailbox key (created if missing)."""
 
-    def account(mailbox, quota_bytes=0):
+    def account(mailbox, quota_bytes=0, quota_messages=0):
         """Return the IAccountStore (all folders, for IMAP) of one mailbox key.
-        ``quota_bytes`` (0 = none) is the directory's quota for it."""
+        ``quota_bytes`` and ``quota_messages`` (0 = none) are the directory's quotas for it."""
 
     def usage(mailbox):
         """(bytes, messages) stored for a mailbox key over all folders (Deferred/coroutine);

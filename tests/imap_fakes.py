@@ -399,7 +399,7 @@ class FakeStoreRegistry:
         self.accounts = {}
         self.quota = {}
 
-    def account(self, mailbox, quota_bytes=0):
+    def account(self, mailbox, quota_bytes=0, quota_messages=0):
         if mailbox not in self.accounts:
             self.accounts[mailbox] = FakeAccountStore(self.quota.get(mailbox, quota_bytes))
         return self.accounts[mailbox]

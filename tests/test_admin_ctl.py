@@ -238,3 +238,74 @@ class PluginsCommandTests(TestCase):
         self.assertIn("jdmail/directory/sqlite.py)", p.stdout)
         self.assertIn("store maildir  (", p.stdout)
         self.assertIn("    path (string, default ''): root of the mail tree", p.stdout)
+
+
+class AccountSettingsTests(CtlTestCase):
+    """user show/set, domain set/show, group ...: the issue 5 commands."""
+
+    def setUp(self):
+        super().setUp()
+        d = self.directory()
+        d.add_domain("example.org")
+        d.add_user("bob@example.org", "{PLAIN}pw", 2048)
+
+    def test_user_set_and_show(self):
+        self.assertEqual(self.ctl("domain", "set", "example.org", "--quota", "1M", "--quota-messages", "50"),
+                         (0, "changed domain example.org\n", ""))
+        self.assertEqual(self.ctl("domain", "show", "example.org"),
+                         (0, "domain: example.org\ndefault quota: 1048576 bytes\n"
+                             "default quota_messages: 50 messages\n", ""))
+        self.assertEqual(self.ctl("user", "set", "Bob@example.org", "--quota-messages", "7", "--disable",
+                                  "--protocols", "imap,POP3", "--forward", "a@remote.test, b@remote.test",
+                                  "--no-keep-copy"),
+                         (0, "changed user bob@example.org\n", ""))
+        maildir = os.path.join(self.datadir, "mail", "example.org", "bob", "Maildir")
+        for sub, name, size in (("new", "1.a.host", 10), ("cur", "2.b.host:2,S", 20),
+                                (".Sent/cur", "3.c.host:2,S", 30)):
+            os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+            with open(os.path.join(maildir, sub, name), "wb") as f:
+                f.write(b"x" * size)
+        os.makedirs(os.path.join(maildir, ".Sent", "new"), exist_ok=True)
+        self.assertEqual(self.ctl("user", "show", "bob@example.org"), (0, (
+            "address: bob@example.org\nenabled: no\nprotocols: imap, pop3\n"
+            "quota: 2048 bytes (the user's own)\nquota_messages: 7 messages (the user's own)\n"
+            "usage: 60 bytes, 3 messages\n"
+            "forward: a@remote.test, b@remote.test (no copy is kept)\nmailbox: example.org/bob\n"), ""))
+        self.ctl("user", "set", "bob@example.org", "--quota", "0", "--quota-messages", "0", "--enable",
+                 "--forward", "", "--protocols", "")
+        show = self.ctl("user", "show", "bob@example.org")[1]
+        self.assertIn("enabled: yes\nprotocols: none\nquota: 1048576 bytes (domain default)\n"
+                      "quota_messages: 50 messages (domain default)\n", show)
+        self.assertIn("forward: none\n", show)
+
+    def test_user_set_refusals(self):
+        self.assertRefused(self.ctl("user", "set", "bob@example.org"), "nothing to change", status=2)
+        self.assertRefused(self.ctl("user", "set", "bob@example.org", "--protocols", "ftp"),
+                           "unknown protocol 'ftp' (use imap, pop3, smtp)")
+        self.assertRefused(self.ctl("user", "set", "bob@example.org", "--quota", "lots"), "--quota 'lots'")
+        self.assertRefused(self.ctl("user", "set", "nobody@example.org", "--enable"),
+                           "nobody@example.org is not a user")
+        self.assertRefused(self.ctl("user", "show", "nobody@example.org"), "nobody@example.org is not a user")
+
+    def test_groups(self):
+        self.assertEqual(self.ctl("group", "add", "staff@example.org", "bob@example.org", "x@remote.test",
+                                  "--members-only"),
+                         (0, "added group staff@example.org with 2 member(s)\n", ""))
+        self.assertEqual(self.ctl("group", "member", "add", "staff@example.org", "carol@example.org"),
+                         (0, "added member carol@example.org to staff@example.org\n", ""))
+        self.assertEqual(self.ctl("group", "sender", "add", "staff@example.org", "@partner.test"),
+                         (0, "added allowed sender @partner.test to staff@example.org\n", ""))
+        self.assertEqual(self.ctl("group", "list"), (0, "staff@example.org 3 members-only\n", ""))
+        self.assertEqual(self.ctl("group", "show", "staff@example.org"), (0, (
+            "group: staff@example.org\nposting: members and allowed senders only\n"
+            "member: bob@example.org\nmember: carol@example.org\nmember: x@remote.test\n"
+            "sender: @partner.test\n"), ""))
+        self.assertEqual(self.ctl("group", "set", "staff@example.org", "--anyone"),
+                         (0, "staff@example.org: anyone may post\n", ""))
+        self.assertFalse(self.directory().get_group("staff@example.org").members_only)
+        self.assertRefused(self.ctl("group", "add", "bob@example.org"), "bob@example.org is already a user")
+        self.assertRefused(self.ctl("group", "member", "remove", "staff@example.org", "z@example.org"),
+                           "z@example.org is not a member of staff@example.org")
+        self.assertEqual(self.ctl("group", "remove", "staff@example.org"),
+                         (0, "removed group staff@example.org\n", ""))
+        self.assertEqual(self.directory().list_groups(), [])

@@ -15,6 +15,7 @@ from twisted.trial.unittest import TestCase
 
 from jdmail.auth import make_portal
 from jdmail.config import CORE_SCHEMA
+from jdmail.errors import DirectoryUnavailable
 from jdmail.interfaces import Account, Resolution
 from jdmail.smtp import spool as spool_module
 from jdmail.smtp.server import ESMTPServer, Listener
@@ -370,3 +371,48 @@ class SlowDirectoryTests(ServerTestCase):
         self.assertEqual(self.transport.producerState, "producing")
         out = self.replies()
         self.assertEqual(out, ["250 2.1.5 Recipient ok"] + ["250 2.0.0 Ok"] * 50000)
+
+
+class DirectoryServiceTests(ServerTestCase):
+    """The SMTP server over the real DirectoryService (an in-memory backend behind it):
+    a backend that cannot answer gives temporary failures, never 550/535."""
+
+    def setUp(self):
+        super().setUp()
+        from jdmail.directory.service import DirectoryService
+        from tests.test_directory_service import MemoryBackend, make
+        self.directory, self.backend = make(MemoryBackend())
+        self.assertIsInstance(self.directory, DirectoryService)
+        self.factory.directory = self.directory
+        self.factory.portal = self.proto.portal = make_portal(self.directory)
+
+    def test_backend_down_at_rcpt(self):
+        self.send(b"EHLO c.test\r\nMAIL FROM:<a@remote.test>\r\n")
+        self.backend.down = True
+        self.assertEqual(self.send(b"RCPT TO:<bob@example.org>\r\n"),
+                         ["451 4.3.0 Temporary lookup failure; try again later"])
+        self.assertEqual(len(self.flushLoggedErrors(DirectoryUnavailable)), 1)
+        self.backend.down = False
+        self.assertEqual(self.send(b"RCPT TO:<bob@example.org>\r\n"), ["250 2.1.5 Recipient ok"])
+
+    def test_backend_down_at_auth(self):
+        import base64
+        self.send(b"EHLO c.test\r\n")
+        self.backend.down = True
+        plain = base64.b64encode(b"\0bob@example.org\0bob").decode()
+        self.assertEqual(self.send(f"AUTH PLAIN {plain}\r\n"),
+                         ["454 4.7.0 Temporary authentication failure; try again later"])
+        self.assertEqual(len(self.flushLoggedErrors(DirectoryUnavailable)), 1)
+        self.backend.down = False
+        self.assertEqual(self.send(f"AUTH PLAIN {plain}\r\n"), ["235 2.7.0 Authentication successful"])
+
+    def test_members_only_group_refused_at_rcpt(self):
+        from jdmail.directory.backend import GroupRecord
+        self.backend.groups["board@example.org"] = GroupRecord(
+            "board@example.org", members=("bob@example.org",), members_only=True)
+        self.send(b"EHLO c.test\r\nMAIL FROM:<a@remote.test>\r\n")
+        self.assertEqual(self.send(b"RCPT TO:<board@example.org>\r\n"),
+                         ["550 5.7.1 <board@example.org>: Recipient address rejected: "
+                          "you may not post to this group"])
+        self.send(b"RSET\r\nMAIL FROM:<bob@example.org>\r\n")
+        self.assertEqual(self.send(b"RCPT TO:<board@example.org>\r\n"), ["250 2.1.5 Recipient ok"])

@@ -459,6 +459,28 @@ class QuotaTests(StoreTestCase):
         self.assertEqual(await account.quota(), (3 * len(MESSAGE), 3 * len(MESSAGE), 3, 0))
         self.assertEqual(await self.store.usage(ALICE), (3 * len(MESSAGE), 3))
 
+    async def test_message_count_quota(self):
+        await self.deliver()
+        await self.deliver()
+        account = self.store.account(ALICE, quota_messages=3)
+        self.assertEqual(await account.quota(), (2 * len(MESSAGE), 0, 2, 3))
+        inbox = await account.open_folder("INBOX")
+        self.addCleanup(inbox.close)
+        uids = [r.uid for r in inbox.records]
+        self.assertEqual(len(uids), 2)
+        with self.assertRaises(QuotaExceeded):          # two more do not fit: nothing is copied
+            await inbox.copy(uids, "Archive")
+        self.assertEqual((await account.quota())[2], 2)
+        await account.append("Sent", b"x" * 10)
+        with self.assertRaises(QuotaExceeded) as cm:
+            await account.append("Drafts", b"y")
+        self.assertEqual(str(cm.exception), "Quota exceeded (too many messages)")
+        with self.assertRaises(QuotaExceeded):
+            await inbox.copy(uids[:1], "Archive")
+        await inbox.move(uids[:1], "Trash")               # MOVE is never refused
+        self.assertEqual(await self.store.usage(ALICE), (2 * len(MESSAGE) + 10, 3))
+        self.assertEqual(self.store.disk_usage(ALICE), (2 * len(MESSAGE) + 10, 3))
+
     async def test_usage_counts_undelivered_index_and_all_folders(self):
         self.assertEqual(await self.store.usage("example.org/nobody"), (0, 0))
         self.assertFalse(os.path.exists(self.maildir("example.org/nobody")))

@@ -24,7 +24,8 @@ def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Manage jdmail's domains, users and aliases.")
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="INI file (default: $JDMAIL_CONFIG, else the embedded default)")
-    groups = parser.add_subparsers(dest="group", metavar="{domain,user,alias,queue,plugins}", required=True)
+    groups = parser.add_subparsers(dest="group", metavar="{domain,user,alias,group,queue,plugins}",
+                                   required=True)
 
     domain = groups.add_parser("domain", help="local domains").add_subparsers(dest="action", required=True)
     p = domain.add_parser("add", help="add a local domain")
@@ -32,21 +33,48 @@ def build_parser():
     domain.add_parser("list", help="list the local domains")
     p = domain.add_parser("remove", help="remove a domain that has no users or aliases left")
     p.add_argument("domain")
+    p = domain.add_parser("set", help="set the default quotas of the domain's users")
+    p.add_argument("domain")
+    p.add_argument("--quota", help="default mailbox size limit such as 500M (0: none)")
+    p.add_argument("--quota-messages", help="default message count limit (0: none)")
+    p = domain.add_parser("show", help="show a domain's default quotas")
+    p.add_argument("domain")
 
     user = groups.add_parser("user", help="mailbox users").add_subparsers(dest="action", required=True)
     p = user.add_parser("add", help="add a user")
     p.add_argument("address")
     p.add_argument("--password", help="the password (default: prompt, or one line from stdin)")
     p.add_argument("--quota", default="0", help="mailbox size limit such as 500M or 2G (default: 0, no limit)")
-    p.add_argument("--scheme", default=None, help="password hash scheme: BLF-CRYPT (default) or ARGON2ID")
+    p.add_argument("--scheme", default=None, help="password hash scheme: BLF-CRYPT or ARGON2ID "
+                   "(default: [directory] password_scheme)")
     p = user.add_parser("passwd", help="change a user's password")
     p.add_argument("address")
     p.add_argument("--password", help="the new password (default: prompt, or one line from stdin)")
-    p.add_argument("--scheme", default=None, help="password hash scheme: BLF-CRYPT (default) or ARGON2ID")
+    p.add_argument("--scheme", default=None, help="password hash scheme: BLF-CRYPT or ARGON2ID "
+                   "(default: [directory] password_scheme)")
     p = user.add_parser("list", help="list users as: address quota_bytes enabled|disabled")
     p.add_argument("domain", nargs="?")
     p = user.add_parser("remove", help="remove a user (mail on disk is kept)")
     p.add_argument("address")
+    p = user.add_parser("show", help="show a user's settings and mailbox usage")
+    p.add_argument("address")
+    p = user.add_parser("set", help="change a user's quotas, switches and forwarding")
+    p.add_argument("address")
+    p.add_argument("--quota", help="mailbox size limit such as 500M or 2G (0: the domain default)")
+    p.add_argument("--quota-messages", help="message count limit (0: the domain default)")
+    on_off = p.add_mutually_exclusive_group()
+    on_off.add_argument("--enable", dest="enabled", action="store_const", const=True, default=None,
+                        help="allow logins")
+    on_off.add_argument("--disable", dest="enabled", action="store_const", const=False,
+                        help="refuse logins (mail is still received)")
+    p.add_argument("--protocols", help="comma-separated protocols the user may log in with: "
+                                       "imap, pop3, smtp (submission); '' for none")
+    p.add_argument("--forward", help="comma-separated addresses to forward mail to; '' to stop forwarding")
+    copy = p.add_mutually_exclusive_group()
+    copy.add_argument("--keep-copy", dest="keep_copy", action="store_const", const=True, default=None,
+                      help="when forwarding, also keep the mail in this mailbox (the default)")
+    copy.add_argument("--no-keep-copy", dest="keep_copy", action="store_const", const=False,
+                      help="when forwarding, do not keep a copy")
 
     alias = groups.add_parser("alias", help="aliases, catch-alls (*@dom) and domain aliases (@dom)") \
         .add_subparsers(dest="action", required=True)
@@ -58,6 +86,32 @@ def build_parser():
     p = alias.add_parser("remove", help="remove one target of an alias, or the whole alias")
     p.add_argument("source")
     p.add_argument("target", nargs="?")
+
+    group = groups.add_parser("group", help="groups (distribution lists): one address, many members") \
+        .add_subparsers(dest="action", required=True)
+    p = group.add_parser("add", help="add a group, optionally with members")
+    p.add_argument("address")
+    p.add_argument("members", nargs="*", metavar="MEMBER")
+    p.add_argument("--members-only", action="store_true", help="only members (and allowed senders) may post")
+    p = group.add_parser("remove", help="remove a group")
+    p.add_argument("address")
+    p = group.add_parser("list", help="list groups as: address members posting")
+    p.add_argument("domain", nargs="?")
+    p = group.add_parser("show", help="show a group's members, allowed senders and posting rule")
+    p.add_argument("address")
+    p = group.add_parser("set", help="who may post: members only, or anyone")
+    p.add_argument("address")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--members-only", dest="members_only", action="store_const", const=True,
+                     help="only members and allowed senders may post")
+    who.add_argument("--anyone", dest="members_only", action="store_const", const=False,
+                     help="anyone may post")
+    for name, what in (("member", "members"), ("sender", "senders allowed to post (an address or @domain)")):
+        sub = group.add_parser(name, help=what).add_subparsers(dest="subaction", required=True)
+        for verb in ("add", "remove"):
+            p = sub.add_parser(verb, help=f"{verb} one of the group's {what.split(' ')[0]}")
+            p.add_argument("address", metavar="GROUP")
+            p.add_argument("value", metavar=name.upper())
 
     queue = groups.add_parser("queue", help="the outbound queue of the (running) server") \
         .add_subparsers(dest="action", required=True)
@@ -146,9 +200,10 @@ def read_password(given, stdin=None):
     return password
 
 
-def _hash(args):
+def _hash(args, directory=None):
     from jdmail.passwords import DEFAULT_SCHEME, HASH_SCHEMES, hash_password
-    scheme = (args.scheme or DEFAULT_SCHEME).upper()
+    configured = getattr(directory, "settings", {}).get("password_scheme") or DEFAULT_SCHEME
+    scheme = (args.scheme or configured).upper()
     if scheme not in HASH_SCHEMES:
         raise CtlError(f"{args.scheme!r} is not a scheme jdmailctl can hash with "
                        f"(use one of {', '.join(HASH_SCHEMES)})")
@@ -240,6 +295,152 @@ def run_queue(args, out, path):
     return 0
 
 
+def _size(option, text):
+    from jdmail.options import parse_size
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise CtlError(f"{option} {e}") from None
+
+
+def _count(option, text):
+    if text is None:
+        return None
+    if not text.strip().isdigit():
+        raise CtlError(f"{option} {text!r}: expected a whole number of 0 or more")
+    return int(text)
+
+
+def _words(text):
+    return [w.strip() for w in text.split(",") if w.strip()]
+
+
+def _quota_line(own, default, unit):
+    if own:
+        return f"{own}{unit} (the user's own)"
+    if default:
+        return f"{default}{unit} (domain default)"
+    return "none"
+
+
+def open_store(path):
+    """The configured message store, or None when it cannot be built here."""
+    from jdmail import config as config_module
+    from jdmail.services import Services
+    try:
+        config = config_module.load(path)
+        factory, settings = config.components["store"]
+        services = Services(reactor=None, config=config, hostname=config.hostname,
+                            datadir=config.datadir, threadpool=None)
+        return factory.build("store", settings, services)
+    except Exception:
+        return None
+
+
+def run_user_settings(directory, args, out, path):
+    """user show / user set."""
+    from jdmail.address import domain_of, normalize
+    from jdmail.directory.service import mailbox_key
+    name = normalize(args.address)
+    if args.action == "set":
+        changes = dict(quota_bytes=_size("--quota", args.quota),
+                       quota_messages=_count("--quota-messages", args.quota_messages),
+                       enabled=args.enabled, keep_copy=args.keep_copy,
+                       protocols=None if args.protocols is None else _words(args.protocols),
+                       forward=None if args.forward is None else _words(args.forward))
+        if all(v is None for v in changes.values()):
+            raise CtlError("nothing to change: give at least one option (see jdmailctl user set -h)", status=2)
+        directory.set_user(name, **changes)
+        out.write(f"changed user {name}\n")
+        return 0
+    user = directory.get_user(name)
+    if user is None:
+        raise CtlError(f"{name} is not a user")
+    domain = directory.get_domain(domain_of(name))
+    mailbox = user.mailbox or mailbox_key(user.address)
+    store = open_store(path)
+    disk_usage = getattr(store, "disk_usage", None)
+    if disk_usage is None:
+        usage = "unknown (the message store cannot tell from here)"
+    else:
+        try:
+            size, count = disk_usage(mailbox)
+            usage = f"{size} bytes, {count} messages"
+        except (OSError, ValueError) as e:
+            usage = f"unknown ({e})"
+    forward = ", ".join(user.forward) if user.forward else "none"
+    if user.forward:
+        forward += " (a copy is kept)" if user.keep_copy else " (no copy is kept)"
+    out.write(f"address: {user.address}\n"
+              f"enabled: {'yes' if user.enabled else 'no'}\n"
+              f"protocols: {', '.join(sorted(user.protocols)) or 'none'}\n"
+              f"quota: {_quota_line(user.quota_bytes, domain and domain.quota_bytes, ' bytes')}\n"
+              f"quota_messages: {_quota_line(user.quota_messages, domain and domain.quota_messages, ' messages')}\n"
+              f"usage: {usage}\n"
+              f"forward: {forward}\n"
+              f"mailbox: {mailbox}\n")
+    return 0
+
+
+def run_domain_settings(directory, args, out):
+    """domain show / domain set."""
+    from jdmail.address import normalize_domain
+    name = normalize_domain(args.domain)
+    if args.action == "set":
+        quota, messages = _size("--quota", args.quota), _count("--quota-messages", args.quota_messages)
+        if quota is None and messages is None:
+            raise CtlError("nothing to change: give --quota and/or --quota-messages", status=2)
+        directory.set_domain(name, quota_bytes=quota, quota_messages=messages)
+        out.write(f"changed domain {name}\n")
+        return 0
+    domain = directory.get_domain(name)
+    if domain is None:
+        raise CtlError(f"{name} is not a local domain")
+    out.write(f"domain: {domain.name}\n"
+              f"default quota: {f'{domain.quota_bytes} bytes' if domain.quota_bytes else 'none'}\n"
+              f"default quota_messages: "
+              f"{f'{domain.quota_messages} messages' if domain.quota_messages else 'none'}\n")
+    return 0
+
+
+def run_group(directory, args, out):
+    """group add|remove|list|show|set|member|sender."""
+    action = args.action
+    if action == "add":
+        name = directory.add_group(args.address, args.members, args.members_only)
+        members = f" with {len(args.members)} member(s)" if args.members else ""
+        out.write(f"added group {name}{members}\n")
+    elif action == "remove":
+        out.write(f"removed group {directory.remove_group(args.address)}\n")
+    elif action == "list":
+        for address, count, only in directory.list_groups(args.domain):
+            out.write(f"{address} {count} {'members-only' if only else 'anyone'}\n")
+    elif action == "show":
+        group = directory.get_group(args.address)
+        if group is None:
+            from jdmail.address import normalize
+            raise CtlError(f"{normalize(args.address)} is not a group")
+        out.write(f"group: {group.address}\n"
+                  f"posting: {'members and allowed senders only' if group.members_only else 'anyone'}\n")
+        for member in group.members:
+            out.write(f"member: {member}\n")
+        for sender in group.senders:
+            out.write(f"sender: {sender}\n")
+    elif action == "set":
+        name = directory.set_group(args.address, args.members_only)
+        out.write(f"{name}: {'members only may post' if args.members_only else 'anyone may post'}\n")
+    else:
+        verb = args.subaction
+        method = getattr(directory, f"{verb}_group_{action}")
+        name = method(args.address, args.value)
+        word = "member" if action == "member" else "allowed sender"
+        out.write(f"{'added' if verb == 'add' else 'removed'} {word} {args.value.strip()} "
+                  f"{'to' if verb == 'add' else 'from'} {name}\n")
+    return 0
+
+
 def run(args, out):
     """Carry out one parsed command, writing its output lines to ``out``."""
     from jdmail.options import parse_size
@@ -252,6 +453,12 @@ def run(args, out):
     directory = open_directory(path)
     group, action = args.group, args.action
 
+    if group == "domain" and action in ("set", "show"):
+        return run_domain_settings(directory, args, out)
+    if group == "user" and action in ("set", "show"):
+        return run_user_settings(directory, args, out, path)
+    if group == "group":
+        return run_group(directory, args, out)
     if group == "domain":
         if action == "add":
             out.write(f"added domain {directory.add_domain(args.domain)}\n")
@@ -272,14 +479,14 @@ def run(args, out):
                 check_mailbox(args.address.strip())
             except AddressError as e:
                 raise CtlError(f"bad address: {e}") from None
-            name = directory.add_user(args.address, _hash(args), quota)
+            name = directory.add_user(args.address, _hash(args, directory), quota)
             out.write(f"added user {name}\n")
         elif action == "passwd":
             from jdmail.address import domain_of, normalize
             name = normalize(args.address)
             if not any(a == name for a, _, _ in directory.list_users(domain_of(name))):
                 raise CtlError(f"{name} is not a user")
-            out.write(f"changed the password of {directory.set_password(args.address, _hash(args))}\n")
+            out.write(f"changed the password of {directory.set_password(args.address, _hash(args, directory))}\n")
         elif action == "remove":
             out.write(f"removed user {directory.remove_user(args.address)} (its mail is kept)\n")
         else:

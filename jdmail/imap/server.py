@@ -823,6 +823,10 @@ class IMAPServer(imap4.IMAP4Server):
         if self._gone:
             logout()
             raise defer.CancelledError()
+        if "imap" not in account.protocols:
+            logout()
+            self._log_login(account.name, mech, "failed: imap disabled for the account")
+            raise No("IMAP access is disabled for this account", "AUTHORIZATIONFAILED")
         refused = factory.admit_user(account.name)
         if refused:
             logout()
@@ -830,7 +834,8 @@ class IMAPServer(imap4.IMAP4Server):
             raise No("Too many connections for this user", "LIMIT")
         self._user_counted = account.name
         try:
-            store = factory.services.store.account(account.mailbox, account.quota_bytes)
+            store = factory.services.store.account(account.mailbox, account.quota_bytes,
+                                                   getattr(account, "quota_messages", 0))
         except Exception:
             self.log.failure("imap cannot open the mail store user={user}", user=account.name)
             factory.release_user(account.name)

@@ -402,6 +402,11 @@ class POP3Server(pop3.POP3):
         if self._gone:
             logout()
             return
+        if "pop3" not in account.protocols:
+            logout()
+            self._log_login(account.name, mech, "failed: pop3 disabled for the account")
+            self._err("[AUTH] POP3 access is disabled for this account")
+            return
         key = account.mailbox
         if not factory.lock(key):
             logout()

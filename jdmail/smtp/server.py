@@ -436,6 +436,8 @@ class ESMTPServer(smtp.ESMTP):
                 raise UnauthorizedLogin("authorization identity differs from the user")
             _iface, account, _logout = await self.portal.login(UsernamePassword(user, pw), None, IAccountAvatar)
             result = "ok"
+            if "smtp" not in account.protocols:
+                account, result = None, "failed: smtp disabled for the account"
         except UnauthorizedLogin as e:
             result = f"failed: {e}"
         except DirectoryUnavailable:
@@ -448,6 +450,10 @@ class ESMTPServer(smtp.ESMTP):
             return self.reply(235, "2.7.0", "Authentication successful")
         if result.startswith("tempfail"):
             raise SMTPReplyError(454, "4.7.0", "Temporary authentication failure; try again later")
+        if result == "failed: smtp disabled for the account":
+            # the password was right: no delay, no failure counted
+            raise SMTPReplyError(535, "5.7.8", "Authentication refused: sending mail (SMTP) is disabled "
+                                               "for this account")
         self._auth_failures += 1
         await self.factory.sleep(self.factory.auth["fail_delay"])
         if self._auth_failures >= self.factory.auth["max_failures"]:
@@ -808,12 +814,13 @@ class ESMTPServer(smtp.ESMTP):
 
     # --- quota (kept together with jdmail/store; see jdmail/store/folders.py) ------------------
     #
-    # Mailbox quota at SMTP time, for local Accounts with quota_bytes > 0, usage being the
-    # store's ``usage(mailbox)`` (bytes over all folders):
+    # Mailbox quota at SMTP time, for local Accounts with a quota (quota_bytes and/or
+    # quota_messages > 0), usage being the store's ``usage(mailbox)`` (bytes and messages
+    # over all folders). A mailbox is "over" when this message would pass either limit:
     #
     # - RCPT: when usage + the MAIL FROM SIZE= value (at least 1 octet: a mailbox exactly at
-    #   its quota is full) exceeds the quota of every local mailbox the address resolves to,
-    #   that recipient gets
+    #   its quota is full), or one more message, is over the quota of every local mailbox the
+    #   address resolves to, that recipient gets
     #   ``452 4.2.2 <address>: Mailbox full`` -- temporary (RFC 5321's 452 "insufficient
     #   system storage"; RFC 3463 X.2.2 "mailbox full" is a persistent-transient condition),
     #   because the user can delete mail and the sender's queue retries; the other
@@ -825,25 +832,32 @@ class ESMTPServer(smtp.ESMTP):
     #   would refuse it for every recipient.
     # - A store without ``usage``, or one that fails to answer, never refuses mail.
 
-    async def _usage(self, account):
+    @staticmethod
+    def _has_quota(account):
+        return (account.quota_bytes or 0) > 0 or (getattr(account, "quota_messages", 0) or 0) > 0
+
+    async def _over_quota(self, account, size):
+        """True when one more message of ``size`` octets passes one of the account's limits;
+        None when usage is unknown (no store usage, or it failed)."""
         store = getattr(self.factory.services, "store", None)
         usage = getattr(store, "usage", None)
-        if usage is None or not account.quota_bytes or account.quota_bytes <= 0:
+        if usage is None or not self._has_quota(account):
             return None
         try:
-            used, _messages = await usage(account.mailbox)
+            used, messages = await usage(account.mailbox)
         except Exception:
             self.log.failure("smtp quota check failed for {mailbox}; not enforcing it", mailbox=account.mailbox)
             return None
-        return used
+        limit_bytes, limit_messages = account.quota_bytes or 0, getattr(account, "quota_messages", 0) or 0
+        return (limit_bytes > 0 and used + size > limit_bytes) or \
+            (limit_messages > 0 and messages + 1 > limit_messages)
 
     async def _rcpt_over_quota(self, resolution, extra):
-        accounts = [a for a in resolution.accounts if a.quota_bytes and a.quota_bytes > 0]
+        accounts = [a for a in resolution.accounts if self._has_quota(a)]
         if not accounts or len(accounts) != len(resolution.accounts):
             return False
         for account in accounts:
-            used = await self._usage(account)
-            if used is None or used + extra <= account.quota_bytes:
+            if not await self._over_quota(account, extra):
                 return False
         return True
 
@@ -852,18 +866,15 @@ class ESMTPServer(smtp.ESMTP):
         for _address, resolution in txn.recipients:
             for account in resolution.accounts:
                 accounts.setdefault(account.mailbox, account)
-        over = []
-        for account in accounts.values():
-            used = await self._usage(account)
-            if used is not None and used + size > account.quota_bytes:
-                over.append(account)
+        over = [a for a in accounts.values() if await self._over_quota(a, size)]
         if not over:
             return None
         if len(accounts) == 1:
             return (552, "5.2.2", "Mailbox full")
         for account in over:
-            self.log.info("smtp quota soft overrun id={id} mailbox={mailbox} quota={quota}", id=txn.queue_id,
-                          mailbox=account.mailbox, quota=account.quota_bytes)
+            self.log.info("smtp quota soft overrun id={id} mailbox={mailbox} quota={quota} "
+                          "quota_messages={messages}", id=txn.queue_id, mailbox=account.mailbox,
+                          quota=account.quota_bytes, messages=getattr(account, "quota_messages", 0))
         return None
 
     async def _filters(self, stage, txn=None):

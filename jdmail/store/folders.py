@@ -46,8 +46,8 @@ reconciles (new UIDs for them, expunges for files that are gone), never an index
 pointing at a message that was not stored.
 
 Quota: ``quota_bytes`` counts RFC822.SIZE over every folder (hard-linked copies count
-once per folder, as in Dovecot). APPEND and COPY that would go over it raise
-QuotaExceeded. MOVE is never refused: within one account it does not change the usage,
+once per folder, as in Dovecot), ``quota_messages`` the messages in every folder.
+APPEND and COPY that would go over either raise QuotaExceeded. MOVE is never refused: within one account it does not change the usage,
 and a user over quota must still be able to move mail to Trash and expunge it.
 """
 
@@ -888,12 +888,16 @@ class AccountState:
     def used(self):
         return sum(f.bytes for f in self.folders.values()), sum(f.messages for f in self.folders.values())
 
-    async def _check_quota(self, quota_bytes, extra):
-        if quota_bytes and quota_bytes > 0:
+    async def _check_quota(self, quota_bytes, extra, quota_messages=0, count=1):
+        """QuotaExceeded when ``count`` more messages of ``extra`` octets would pass
+        either limit (0 = none)."""
+        if (quota_bytes and quota_bytes > 0) or (quota_messages and quota_messages > 0):
             await self._sync_all()
-            used, _ = self.used()
-            if used + extra > quota_bytes:
+            used, messages = self.used()
+            if quota_bytes and quota_bytes > 0 and used + extra > quota_bytes:
                 raise QuotaExceeded("Quota exceeded (mailbox is full)")
+            if quota_messages and quota_messages > 0 and messages + count > quota_messages:
+                raise QuotaExceeded("Quota exceeded (too many messages)")
 
     # --- message operations (lock held) -------------------------------------------------------
 
@@ -1115,9 +1119,10 @@ class AccountState:
 class MaildirAccount:
     """IAccountStore of one user (one per IMAP login; they share the AccountState)."""
 
-    def __init__(self, state, quota_bytes=0):
+    def __init__(self, state, quota_bytes=0, quota_messages=0):
         self._state = state
         self.quota_bytes = quota_bytes or 0
+        self.quota_messages = quota_messages or 0
         state.handles += 1
         weakref.finalize(self, _release, state)
 
@@ -1363,7 +1368,7 @@ class MaildirAccount:
         async def work():
             f = await st._lookup(name)
             claimed = await st._sync(f, load=True, claim=not readonly)
-            view = FolderView(st, f, readonly, self.quota_bytes)
+            view = FolderView(st, f, readonly, self.quota_bytes, self.quota_messages)
             if readonly:
                 i = bisect.bisect_left(f.contents.uids, f.first_recent)
                 view.recent = set(f.contents.uids[i:])
@@ -1384,7 +1389,7 @@ class MaildirAccount:
 
         async def work():
             f = await st._lookup(name)
-            await st._check_quota(self.quota_bytes, len(data))
+            await st._check_quota(self.quota_bytes, len(data), self.quota_messages, 1)
             try:
                 delta = await st.blocking(st._append_io, f, data, flags, internaldate)
             except _Vanished:
@@ -1401,7 +1406,7 @@ class MaildirAccount:
         async def work():
             await st._sync_all()
             used, count = st.used()
-            return used, self.quota_bytes, count, 0
+            return used, self.quota_bytes, count, self.quota_messages
         return await self._call(work)
 
 
@@ -1419,9 +1424,10 @@ class FolderView:
 
     log = Logger()
 
-    def __init__(self, state, folder, readonly, quota_bytes=0):
+    def __init__(self, state, folder, readonly, quota_bytes=0, quota_messages=0):
         self._state = state
         self.quota_bytes = quota_bytes
+        self.quota_messages = quota_messages
         self.folder = folder
         self.name = folder.name
         self.readonly = bool(readonly)
@@ -1611,7 +1617,8 @@ class FolderView:
                     self._drop_own(removed)
                 return dest.uidvalidity, pairs
             if not move:
-                await st._check_quota(self.quota_bytes, sum(m.record.size for m in msgs))
+                await st._check_quota(self.quota_bytes, sum(m.record.size for m in msgs),
+                                      self.quota_messages, len(msgs))
                 delta, pairs = await st.blocking(st._copy_io, src, dest, msgs)
                 if delta is not None:
                     st._apply(delta)

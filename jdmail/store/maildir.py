@@ -313,8 +313,34 @@ class MaildirStore:
     def mailbox(self, mailbox, folder="INBOX"):
         return MaildirMailbox(self, mailbox, folder_names.normalize(folder), self.maildir_path(mailbox, folder))
 
-    def account(self, mailbox, quota_bytes=0):
-        return MaildirAccount(self._state(mailbox), quota_bytes)
+    def account(self, mailbox, quota_bytes=0, quota_messages=0):
+        return MaildirAccount(self._state(mailbox), quota_bytes, quota_messages)
+
+    def disk_usage(self, mailbox):
+        """(bytes, messages) of a mailbox key over all folders, counted on disk without
+        the index: read-only and synchronous, for jdmailctl while the server runs."""
+        top = self.maildir_path(mailbox)
+        if not os.path.isdir(top):
+            return 0, 0
+        folders = [top] + [os.path.join(top, n) for n in sorted(os.listdir(top))
+                           if n.startswith(".") and os.path.isdir(os.path.join(top, n, "cur"))]
+        size = count = 0
+        for folder in folders:
+            for sub in ("new", "cur"):
+                try:
+                    entries = list(os.scandir(os.path.join(folder, sub)))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    try:
+                        if entry.is_file(follow_symlinks=False):
+                            size += entry.stat(follow_symlinks=False).st_size
+                            count += 1
+                    except FileNotFoundError:       # expunged meanwhile
+                        continue
+        return size, count
 
     async def usage(self, mailbox):
         path = self.maildir_path(mailbox)
