@@ -1,0 +1,91 @@
+"""Greylisting (as postgrey does it): a new (client network, sender, recipient) triplet is
+answered 451 4.7.1 until it comes back after ``delay``; real MTAs retry, most spamware
+does not.
+
+- the client is reduced to its /24 (IPv4) or /64 (IPv6), so a sender's pool of
+  outbound servers counts as one;
+- an unpassed triplet that does not come back within ``retry_window`` starts over;
+  entries unseen for ``expiry`` are forgotten;
+- a client network that passed ``auto_allow_after`` triplets is no longer greylisted
+  (0: never auto-allowlisted);
+- the state is in :mod:`jdmail.filters.greylist_store`, called through ``run_blocking``.
+"""
+
+import ipaddress
+from dataclasses import dataclass
+
+from jdmail.filters.dnsutil import client_address
+
+GREYLIST_TEXT = "Greylisted: mail from new senders is delayed here; please try again in a few minutes"
+
+
+def client_network(ip):
+    """'192.0.2.77' -> '192.0.2.0/24'; '2001:db8:1:2:3::4' -> '2001:db8:1:2::/64';
+    anything else is returned unchanged."""
+    address = client_address(ip)
+    if address is None:
+        return str(ip)
+    prefix = 24 if address.version == 4 else 64
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+@dataclass(frozen=True)
+class GreylistDecision:
+    """``allow`` True to let the recipient through; ``why`` for the log; ``wait`` the
+    seconds left before a retry is accepted (0 when allowed)."""
+    allow: bool
+    why: str
+    wait: float = 0.0
+
+
+class Greylist:
+    """Decides per (client, sender, recipient); ``clock`` is an IReactorTime (seconds())."""
+
+    def __init__(self, store, clock, run_blocking, delay=300.0, retry_window=2 * 86400.0,
+                 expiry=35 * 86400.0, auto_allow_after=5, cleanup_interval=3600.0):
+        self.store, self.clock, self.run_blocking = store, clock, run_blocking
+        self.delay, self.retry_window, self.expiry = delay, retry_window, expiry
+        self.auto_allow_after = auto_allow_after
+        self.cleanup_interval = cleanup_interval
+        self._last_cleanup = None
+
+    async def check(self, ip, sender, recipient):
+        """Return a GreylistDecision for one recipient."""
+        now = self.clock.seconds()
+        await self._maybe_cleanup(now)
+        client = client_network(ip)
+        sender, recipient = (sender or "").lower(), recipient.lower()
+        if self.auto_allow_after:
+            known = await self.run_blocking(self.store.client_passes, client)
+            if known and known[0] >= self.auto_allow_after and now - known[1] < self.expiry:
+                await self.run_blocking(self.store.touch_client, client, now)
+                return GreylistDecision(True, f"client {client} auto-allowlisted after {known[0]} passes")
+        row = await self.run_blocking(self.store.triplet, client, sender, recipient)
+        if row is None:
+            await self.run_blocking(self.store.record_attempt, client, sender, recipient, now)
+            return GreylistDecision(False, f"new triplet {client} <{sender}> <{recipient}>", self.delay)
+        first_seen, last_seen, passed = row
+        if passed:
+            if now - last_seen >= self.expiry:
+                await self.run_blocking(self.store.restart, client, sender, recipient, now)
+                return GreylistDecision(False, f"expired triplet {client} <{sender}> <{recipient}>", self.delay)
+            await self.run_blocking(self.store.record_attempt, client, sender, recipient, now)
+            return GreylistDecision(True, f"known triplet {client} <{sender}> <{recipient}>")
+        if now - first_seen >= self.delay + self.retry_window:
+            await self.run_blocking(self.store.restart, client, sender, recipient, now)
+            return GreylistDecision(False, f"triplet {client} <{sender}> <{recipient}> not retried in time; "
+                                    "starting over", self.delay)
+        if now - first_seen < self.delay:
+            await self.run_blocking(self.store.record_attempt, client, sender, recipient, now)
+            wait = self.delay - (now - first_seen)
+            return GreylistDecision(False, f"triplet {client} <{sender}> <{recipient}> retried too early "
+                                    f"({wait:.0f}s left)", wait)
+        passes = await self.run_blocking(self.store.mark_passed, client, sender, recipient, now)
+        return GreylistDecision(True, f"triplet {client} <{sender}> <{recipient}> passed after "
+                                f"{now - first_seen:.0f}s (client passes: {passes})")
+
+    async def _maybe_cleanup(self, now):
+        if self._last_cleanup is not None and now - self._last_cleanup < self.cleanup_interval:
+            return
+        self._last_cleanup = now
+        await self.run_blocking(self.store.expire, now - self.expiry, now - self.expiry)

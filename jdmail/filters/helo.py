@@ -1,0 +1,103 @@
+"""HELO/EHLO name checks: syntax, "that's me", forward DNS. Each check is a switch.
+
+``check_helo(name, ...)`` returns None (fine) or a :class:`HeloProblem` with the reply
+RFC 5321 and Postfix use: 501 5.5.2 for a name that is neither a fully-qualified domain
+name nor an address literal, 550 5.7.1 for a client claiming to be this server, 550 5.7.1
+when the name has no A/AAAA/MX (450 4.7.1 when the DNS could not answer).
+"""
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from jdmail.filters.dnsutil import TemporaryDNSError
+
+_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+@dataclass(frozen=True)
+class HeloProblem:
+    """Why a HELO name is refused: the reply and a log reason."""
+    code: int
+    enhanced: str
+    text: str
+    reason: str
+
+
+def address_literal(name):
+    """The ip_address of an RFC 5321 address literal ('[192.0.2.1]', '[IPv6:2001:db8::1]'),
+    or None when ``name`` is not one."""
+    if not (name.startswith("[") and name.endswith("]")):
+        return None
+    inner = name[1:-1]
+    if inner.lower().startswith("ipv6:"):
+        inner = inner[5:]
+        version = 6
+    else:
+        version = 4
+    try:
+        address = ipaddress.ip_address(inner)
+    except ValueError:
+        return None
+    return address if address.version == version else None
+
+
+def is_fqdn(name):
+    """True for a syntactically valid fully-qualified domain name (two labels or more, the
+    last not all digits)."""
+    name = name[:-1] if name.endswith(".") else name
+    try:
+        name = name.encode("idna").decode("ascii") if not name.isascii() else name
+    except UnicodeError:
+        return False
+    labels = name.split(".")
+    if len(name) > 253 or len(labels) < 2:
+        return False
+    return all(_LABEL.match(label) for label in labels) and not labels[-1].isdigit()
+
+
+async def check_helo(name, *, hostname="", local_addresses=(), dns=None,
+                     require_fqdn=True, reject_self=True, require_dns=False):
+    """Return None when ``name`` passes the switched-on checks, else a HeloProblem.
+
+    ``local_addresses``: this server's IP addresses (strings); ``dns``: an AsyncDNS, needed
+    when ``require_dns`` is on.
+    """
+    name = (name or "").strip()
+    literal = address_literal(name)
+    if require_fqdn and literal is None and not is_fqdn(name):
+        return HeloProblem(501, "5.5.2", "Helo command rejected: need fully-qualified hostname",
+                           f"helo {name!r} is neither a fully-qualified domain name nor an address literal")
+    if reject_self:
+        ours = {ipaddress.ip_address(a) for a in local_addresses if _is_ip(a)}
+        bare = _bare_ip(name)
+        claimed = (literal is not None and literal in ours) or (bare is not None and bare in ours) \
+            or (hostname and name.rstrip(".").lower() == hostname.rstrip(".").lower())
+        if claimed:
+            return HeloProblem(550, "5.7.1", "Helo command rejected: you are not me",
+                               f"helo {name!r} claims to be this server")
+    if require_dns and literal is None and is_fqdn(name):
+        try:
+            found = await dns.exists(name.rstrip("."))
+        except TemporaryDNSError as e:
+            return HeloProblem(450, "4.7.1", "Helo command rejected: cannot look up your host name; "
+                               "try again later", f"helo {name!r}: {e}")
+        if not found:
+            return HeloProblem(550, "5.7.1", "Helo command rejected: host name not found",
+                               f"helo {name!r} has no A, AAAA or MX record")
+    return None
+
+
+def _is_ip(text):
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _bare_ip(name):
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
