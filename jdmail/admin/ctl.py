@@ -24,7 +24,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Manage jdmail's domains, users and aliases.")
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="INI file (default: $JDMAIL_CONFIG, else the embedded default)")
-    groups = parser.add_subparsers(dest="group", metavar="{domain,user,alias,group,queue,plugins}",
+    groups = parser.add_subparsers(dest="group", metavar="{domain,user,alias,group,queue,dkim,plugins}",
                                    required=True)
 
     domain = groups.add_parser("domain", help="local domains").add_subparsers(dest="action", required=True)
@@ -123,6 +123,16 @@ def build_parser():
                        ("release", "let a held message be attempted again"),
                        ("delete", "remove one message without delivering or bouncing it")):
         queue.add_parser(name, help=text).add_argument("queue_id")
+
+    dkim = groups.add_parser("dkim", help="DKIM signing keys of local domains") \
+        .add_subparsers(dest="action", required=True)
+    p = dkim.add_parser("genkey", help="create a signing key for DOMAIN and print its DNS TXT record")
+    p.add_argument("domain")
+    p.add_argument("--selector", default="default", help="the DNS selector (default: default)")
+    p.add_argument("--bits", type=int, default=2048, help="RSA key size (default: 2048)")
+    p = dkim.add_parser("record", help="print the DNS TXT record of DOMAIN's current key")
+    p.add_argument("domain")
+    dkim.add_parser("list", help="list keys as: domain selector [current]")
 
     groups.add_parser("plugins", help="list the components jdmail can use: kind, name, file, options")
     return parser
@@ -438,6 +448,34 @@ def run_group(directory, args, out):
         word = "member" if action == "member" else "allowed sender"
         out.write(f"{'added' if verb == 'add' else 'removed'} {word} {args.value.strip()} "
                   f"{'to' if verb == 'add' else 'from'} {name}\n")
+
+
+def run_dkim(args, out, path):
+    """jdmailctl dkim genkey|record|list: keys under <datadir>/dkim (see jdmail.filters.dkim_keys)."""
+    from jdmail import config as config_module
+    from jdmail.errors import ConfigErrors
+    from jdmail.filters import dkim_keys
+
+    try:
+        datadir = config_module.load(path).datadir
+    except ConfigErrors as e:
+        raise CtlError("\n".join(str(err) for err in e.errors), status=2) from None
+    try:
+        if args.action == "genkey":
+            out.write(dkim_keys.generate_key(datadir, args.domain, args.selector, args.bits) + "\n")
+        elif args.action == "record":
+            current = dkim_keys.current_key(datadir, args.domain)
+            if current is None:
+                raise CtlError(f"{args.domain} has no DKIM key (create one with: jdmailctl dkim genkey "
+                               f"{args.domain})")
+            selector, pem = current
+            out.write(dkim_keys.dns_record(args.domain.lower().rstrip("."), selector,
+                                           dkim_keys.public_key_b64(pem)) + "\n")
+        else:
+            for domain, selector, current in dkim_keys.list_keys(datadir):
+                out.write(f"{domain} {selector}{' current' if current else ''}\n")
+    except (dkim_keys.DKIMKeyError, OSError) as e:
+        raise CtlError(str(e)) from None
     return 0
 
 
@@ -450,6 +488,8 @@ def run(args, out):
         return list_plugins(path, out)
     if args.group == "queue":
         return run_queue(args, out, path)
+    if args.group == "dkim":
+        return run_dkim(args, out, path)
     directory = open_directory(path)
     group, action = args.group, args.action
 
