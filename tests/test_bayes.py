@@ -230,3 +230,52 @@ class SourceTests(TestCase):
             list(read_messages(path))
         with self.assertRaises(SourceError):
             list(read_messages(path + ".missing"))
+
+
+class FilterConfigTests(TestCase):
+    """[filter:bayes] values are checked at startup, one line each."""
+
+    def load(self, body):
+        from jdmail import config
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(d)
+        path = os.path.join(d, "jdmail.ini")
+        with open(path, "w") as f:
+            f.write(f"[jdmail]\ndatadir = {d}/data\n[filters]\nchain = bayes\n[filter:bayes]\n{body}")
+        return path, config.load(path)
+
+    def test_bad_values(self):
+        from jdmail.errors import ConfigErrors
+        with self.assertRaises(ConfigErrors) as cm:
+            self.load("spam_cutoff = 1.5\nham_cutoff = low\ndatabase = postgres://h/db\nscope = team\n")
+        lines = sorted(str(e).split(": ", 1)[1] for e in cm.exception.errors)
+        self.assertEqual(lines, [
+            "[filter:bayes] database 'postgres://h/db': expected a file path, sqlite:PATH or "
+            "mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
+            "[filter:bayes] ham_cutoff 'low': expected a number from 0 to 1, such as 0.9",
+            "[filter:bayes] scope 'team': expected one of global, user",
+            "[filter:bayes] spam_cutoff '1.5': expected a number from 0 to 1, such as 0.9",
+        ])
+
+    def test_cutoffs_in_order_and_database_usable(self):
+        from jdmail.errors import ConfigError
+        from jdmail.services import Services
+        path, cfg = self.load("ham_cutoff = 0.6\nspam_cutoff = 0.5\n")
+        factory, settings = cfg.components["filter:bayes"]
+        services = Services(reactor=None, config=cfg, hostname="mail.test", datadir=cfg.datadir,
+                            threadpool=None)
+        with self.assertRaises(ConfigError) as cm:
+            factory.build("bayes", settings, services)
+        self.assertEqual(str(cm.exception), f"{path}: [filter:bayes] spam_cutoff 0.5: must be more than "
+                                            f"ham_cutoff (0.6)")
+        blocker = os.path.join(os.path.dirname(path), "file")
+        open(blocker, "w").close()
+        path, cfg = self.load(f"database = {blocker}/sub/bayes.sqlite\n")
+        factory, settings = cfg.components["filter:bayes"]
+        services.config = cfg
+        with self.assertRaises(ConfigError) as cm:
+            factory.build("bayes", settings, services)
+        self.assertTrue(str(cm.exception).startswith(f"{path}: [filter:bayes] database cannot open the "
+                                                     f"token database {blocker}/sub/bayes.sqlite:"),
+                        str(cm.exception))
+        self.assertEqual(services.extra.get("junk_learners", []), [])

@@ -1,4 +1,5 @@
-"""jdmailctl: manage the domains, users and aliases of jdmail's user directory.
+"""jdmailctl: manage the domains, users and aliases of jdmail's user directory, the
+outbound queue and the Bayes spam classifier's training.
 
 Exit status: 0 done, 1 the change was refused (one line on stderr), 2 usage or
 configuration problem.
@@ -24,7 +25,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Manage jdmail's domains, users and aliases.")
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="INI file (default: $JDMAIL_CONFIG, else the embedded default)")
-    groups = parser.add_subparsers(dest="group", metavar="{domain,user,alias,group,queue,dkim,plugins}",
+    groups = parser.add_subparsers(dest="group", metavar="{domain,user,alias,group,queue,dkim,bayes,plugins}",
                                    required=True)
 
     domain = groups.add_parser("domain", help="local domains").add_subparsers(dest="action", required=True)
@@ -133,6 +134,18 @@ def build_parser():
     p = dkim.add_parser("record", help="print the DNS TXT record of DOMAIN's current key")
     p.add_argument("domain")
     dkim.add_parser("list", help="list keys as: domain selector [current]")
+
+    bayes = groups.add_parser("bayes", help="the Bayes spam classifier's token tables") \
+        .add_subparsers(dest="action", required=True)
+    p = bayes.add_parser("train", help="train from Maildir folders or mbox files of known spam and ham")
+    p.add_argument("--spam", action="append", default=[], metavar="PATH",
+                   help="a Maildir folder or mbox file of spam (repeatable)")
+    p.add_argument("--ham", action="append", default=[], metavar="PATH",
+                   help="a Maildir folder or mbox file of ham (repeatable)")
+    p.add_argument("--user", metavar="ADDR", help="train this user's own table (scope = user), not the global one")
+    p.add_argument("--filter", metavar="NAME", help="the [filter:NAME] section to use (default: the first bayes one)")
+    p = bayes.add_parser("stats", help="messages and tokens trained, per table")
+    p.add_argument("--filter", metavar="NAME", help="the [filter:NAME] section to use (default: the first bayes one)")
 
     groups.add_parser("plugins", help="list the components jdmail can use: kind, name, file, options")
     return parser
@@ -479,6 +492,94 @@ def run_dkim(args, out, path):
     return 0
 
 
+def open_bayes(path, name=None):
+    """(Classifier, where) for the configured bayes filter (``[filter:NAME]``, default the
+    first section of kind bayes, else the defaults); CtlError(status=2) on problems."""
+    from jdmail import config as config_module
+    from jdmail.bayes.classifier import Classifier
+    from jdmail.bayes.store import StoreError, open_store
+    from jdmail.errors import ConfigErrors
+    from jdmail.filters import bayes
+    from jdmail.registry import RegistryError
+
+    try:
+        config = config_module.load(path)
+    except ConfigErrors as e:
+        raise CtlError("\n".join(str(err) for err in e.errors), status=2) from None
+    except RegistryError as e:
+        raise CtlError(str(e), status=2) from None
+    sections = [s for s, (factory, _settings) in sorted(config.components.items())
+                if s.startswith("filter:") and factory.kind == "bayes"]
+    if name is not None:
+        if f"filter:{name}" not in sections:
+            raise CtlError(f"--filter {name}: there is no [filter:{name}] section of type bayes", status=2)
+        settings = config.components[f"filter:{name}"][1]
+    elif sections:
+        settings = config.components[sections[0]][1]
+    else:
+        settings = {k: o.default for k, o in bayes.OPTIONS.items()}
+    try:
+        store = open_store(settings["database"], config.datadir)
+    except StoreError as e:
+        raise CtlError(str(e), status=2) from None
+    return Classifier(store, bayes.params(settings)), store.where
+
+
+def run_bayes(args, out, path):
+    from jdmail.bayes.sources import SourceError, read_messages
+    from jdmail.bayes.store import StoreError
+    if args.action == "train" and not (args.spam or args.ham):
+        raise CtlError("bayes train needs --spam PATH and/or --ham PATH", status=2)
+    owner = ""
+    if args.action == "train" and args.user:
+        from jdmail.address import AddressError, check_mailbox, normalize
+        try:
+            check_mailbox(args.user.strip())
+        except AddressError as e:
+            raise CtlError(f"--user: bad address: {e}", status=2) from None
+        owner = normalize(args.user.strip())
+    for source in (getattr(args, "spam", []) or []) + (getattr(args, "ham", []) or []):
+        if not os.path.exists(source):
+            raise CtlError(f"{source}: no such file or directory", status=2)
+    classifier, where = open_bayes(path, args.filter)
+    try:
+        if args.action == "stats":
+            out.write(f"database: {where}\n")
+            rows = classifier.store.stats()
+            for who, nspam, nham, ntokens in rows:
+                out.write(f"{who or 'global'}: {nspam} spam, {nham} ham, {ntokens} tokens\n")
+            if not rows:
+                out.write("nothing trained yet\n")
+            return 0
+        for label, paths in (("spam", args.spam), ("ham", args.ham)):
+            for source in paths:
+                total = changed = 0
+                batch = []
+                try:
+                    for data in read_messages(source):
+                        batch.append((data, label == "spam"))
+                        total += 1
+                        if len(batch) >= 200:
+                            changed += classifier.learn_many(batch, owner)
+                            batch = []
+                    changed += classifier.learn_many(batch, owner)
+                except SourceError as e:
+                    raise CtlError(str(e)) from None
+                except OSError as e:
+                    raise CtlError(f"{source}: {e.strerror or e}") from None
+                known = total - changed
+                out.write(f"trained {changed} {label} message(s) from {source}"
+                          + (f" ({known} already trained as {label})" if known else "")
+                          + f" into {'the table of ' + owner if owner else 'the global table'}\n")
+        nspam, nham = classifier.store.totals(owner)
+        out.write(f"{owner or 'global'}: {nspam} spam, {nham} ham\n")
+    except StoreError as e:
+        raise CtlError(str(e)) from None
+    finally:
+        classifier.store.close()
+    return 0
+
+
 def run(args, out):
     """Carry out one parsed command, writing its output lines to ``out``."""
     from jdmail.options import parse_size
@@ -490,6 +591,8 @@ def run(args, out):
         return run_queue(args, out, path)
     if args.group == "dkim":
         return run_dkim(args, out, path)
+    if args.group == "bayes":
+        return run_bayes(args, out, path)
     directory = open_directory(path)
     group, action = args.group, args.action
 

@@ -1652,6 +1652,7 @@ class IMAPServer(imap4.IMAP4Server):
         except FolderError as e:
             raise await self._folder_error(e, dest) from None
         pairs = sorted(pairs)
+        self._after_transfer(folder.name, dest, pairs)
         code = None
         if pairs:
             code = "COPYUID %d %s %s" % (uidvalidity, _uid_list([p[0] for p in pairs]),
@@ -1666,6 +1667,24 @@ class IMAPServer(imap4.IMAP4Server):
                 return "HIGHESTMODSEQ %d" % folder.highestmodseq, "Move completed"
             return "Move completed"
         return code, "Copy completed"
+
+    def _after_transfer(self, source, dest, pairs):
+        """Show a successful COPY/MOVE to the junk learners (Bayes train-on-move,
+        ``services.extra["junk_learners"]``). They work after the answer, in the
+        background; a failure there is theirs to log and never fails this command."""
+        learners = (getattr(self.factory.services, "extra", None) or {}).get("junk_learners") or ()
+        if not pairs:
+            return
+        uids = [new for _old, new in pairs]
+        for learner in learners:
+            try:
+                d = defer.Deferred.fromCoroutine(
+                    learner.transferred(self.account.name, self.store, source, dest, uids))
+            except Exception:
+                self.log.failure("imap junk learner failed user={user}", user=self.account.name)
+                continue
+            d.addErrback(lambda f, user=self.account.name: self.log.failure(
+                "imap junk learner failed user={user}", f, user=user))
 
     # SEARCH / SORT --------------------------------------------------------------------
 

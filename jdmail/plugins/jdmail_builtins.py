@@ -2,8 +2,10 @@
 
 from jdmail.directory.ldap import LDAPDirectoryFactory
 from jdmail.directory.sqlite import SQLiteDirectoryFactory
+from jdmail.filters.bayes import BayesFilterFactory
 from jdmail.store.maildir import MaildirStoreFactory
 
 sqliteDirectory = SQLiteDirectoryFactory()
 ldapDirectory = LDAPDirectoryFactory()
 maildirStore = MaildirStoreFactory()
+bayesFilter = BayesFilterFactory()

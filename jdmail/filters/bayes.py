@@ -1,0 +1,128 @@
+"""The bayes filter: jdmail's own Bayesian classifier (jdmail.bayes) at the DATA stage.
+
+It scores every message, reports the score and spam/ham/unsure in headers, and
+acts on spam as ``on_spam`` says. Building it also registers train-on-move for
+the IMAP server (``train_on_move``).
+"""
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from jdmail.bayes.classifier import Params
+from jdmail.bayes.learner import JunkLearner
+from jdmail.bayes.store import StoreError, check_database
+from jdmail.errors import ConfigError
+from jdmail.interfaces import Action, IFilter, IFilterFactory, Option, Stage, Verdict
+
+__all__ = ["BayesFilter", "BayesFilterFactory", "MAX_BYTES"]
+
+MAX_BYTES = 256 * 1024
+
+
+def _fraction(text):
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text.strip()!r}: expected a number from 0 to 1, such as 0.9") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{text.strip()!r}: expected a number from 0 to 1, such as 0.9")
+    return value
+
+
+def _database(text):
+    value = text.strip()
+    problem = check_database(value)
+    if problem:
+        raise ValueError(f"{value!r}: {problem}")
+    return value
+
+
+OPTIONS = {
+    "database": Option("database", _database, default="",
+                       help="token database: empty = <datadir>/bayes.sqlite; a file path, sqlite:PATH, "
+                            "or mysql://USER:PASSWORD@HOST:PORT/DATABASE"),
+    "scope": Option.choice(("global", "user"), default="global",
+                           help="global: one token table; user: each user's own once trained (else the global one)"),
+    "ham_cutoff": Option("number 0-1", _fraction, default=Params.ham_cutoff,
+                         help="a score below this is ham"),
+    "spam_cutoff": Option("number 0-1", _fraction, default=Params.spam_cutoff,
+                          help="a score at or above this is spam; between the two: unsure"),
+    "min_trained": Option.int(default=20, help="spam and ham messages each a table needs before it is used"),
+    "bigrams": Option.bool(default=False, help="also weigh pairs of adjacent words (slower; see bench/README.md)"),
+    "on_spam": Option.choice(("tag", "quarantine", "reject"), default="tag",
+                             help="what spam gets: tag (headers only), quarantine, or reject (550)"),
+    "train_on_move": Option.bool(default=True,
+                                 help="train spam when a user moves mail into Junk over IMAP, ham when out of it"),
+}
+
+
+@implementer(IFilter)
+class BayesFilter:
+    """Scores the message at DATA; see the module docstring."""
+
+    stages = frozenset({Stage.DATA})
+    log = Logger()
+
+    def __init__(self, name, engine, on_spam):
+        self.name = name
+        self.engine = engine
+        self.on_spam = on_spam
+
+    async def check(self, stage, txn):
+        data = await self.engine.services.run_blocking(_read_message, txn)
+        score = await self.engine.score(data, _single_user(txn))
+        headers = (("X-Spam-Bayes", _describe(score)),)
+        reason = f"bayes score {score.value:.4f} {score.label}"
+        if score.label == "spam" and self.on_spam == "reject":
+            return Verdict.reject("Message rejected under suspicion of spam", reason=reason)
+        if score.label == "spam" and self.on_spam == "quarantine":
+            return Verdict(Action.QUARANTINE, headers=headers, reason=reason)
+        return Verdict.add_headers(*headers, reason=reason if score.label == "spam" else "")
+
+
+def _describe(score):
+    if not score.trained:
+        return "untrained"
+    table = score.owner or "global"
+    return f"{score.label}; score={score.value:.4f}; tokens={score.tokens}; table={table}"
+
+
+def _read_message(txn):
+    with open(txn.spool.path, "rb") as f:
+        return f.read(MAX_BYTES)
+
+
+def _single_user(txn):
+    """The one local user a message is for (per-user scoring), else None."""
+    users = {a.name for _address, resolution in txn.recipients for a in resolution.accounts}
+    return users.pop() if len(users) == 1 else None
+
+
+@implementer(IFilterFactory)
+class BayesFilterFactory:
+    kind = "bayes"
+    description = ("jdmail's Bayesian spam classifier (chi-square); trained with jdmailctl bayes "
+                   "train and by IMAP moves into and out of Junk")
+    options = OPTIONS
+
+    def build(self, name, settings, services):
+        from jdmail.bayes.engine import BayesEngine
+        path = getattr(services.config, "path", "<config>")
+        section = f"filter:{name}"
+        if settings["spam_cutoff"] <= settings["ham_cutoff"]:
+            raise ConfigError(f"{settings['spam_cutoff']}: must be more than ham_cutoff "
+                              f"({settings['ham_cutoff']})", path, section, "spam_cutoff")
+        try:
+            engine = BayesEngine.open(settings["database"], services.datadir, params(settings),
+                                      settings["scope"], services)
+        except StoreError as e:
+            raise ConfigError(str(e), path, section, "database") from None
+        if settings["train_on_move"]:
+            services.extra.setdefault("junk_learners", []).append(JunkLearner(engine, name))
+        return BayesFilter(name, engine, settings["on_spam"])
+
+
+def params(settings):
+    """Classifier Params from a [filter:bayes] section's settings."""
+    return Params(ham_cutoff=settings["ham_cutoff"], spam_cutoff=settings["spam_cutoff"],
+                  bigrams=settings["bigrams"], min_trained=settings["min_trained"])

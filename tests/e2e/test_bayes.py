@@ -1,0 +1,192 @@
+"""Bayes against the real server: jdmailctl bayes train on a Maildir and an mbox, and
+train-on-move over IMAP (imapclient MOVE/COPY into and out of Junk)."""
+
+import os
+import sqlite3
+import time
+
+from twisted.internet.threads import deferToThread
+from twisted.trial import unittest
+
+from tests.e2e import unverified_context
+from tests.fixtures.server import running_server
+from tests.fixtures.spamham import corpus
+
+BOB, PASSWORD = "bob@example.org", "secret"
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+BAYES_INI = "[filters]\nchain = bayes\n\n[filter:bayes]\nmin_trained = 5\n{extra}\n"
+
+
+def bayes_server(testcase, extra=""):
+    return running_server(testcase, users=((BOB, PASSWORD),),
+                          overrides={"imap": {"listen": LOOPBACK}},
+                          extra_ini=BAYES_INI.format(extra=extra))
+
+
+def totals(server, owner=""):
+    path = os.path.join(server.datadir, "bayes.sqlite")
+    if not os.path.exists(path):
+        return (0, 0)
+    conn = sqlite3.connect(path, timeout=10)
+    try:
+        row = conn.execute("SELECT spam, ham FROM bayes_totals WHERE owner = ?", (owner,)).fetchone()
+    except sqlite3.OperationalError:
+        return (0, 0)
+    finally:
+        conn.close()
+    return tuple(row) if row else (0, 0)
+
+
+def wait_for(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    return predicate()
+
+
+def imap(server):
+    from imapclient import IMAPClient
+    c = IMAPClient("127.0.0.1", port=server.ports["imap"], ssl=False, timeout=10)
+    c.starttls(unverified_context())
+    c.login(BOB, PASSWORD)
+    return c
+
+
+class CtlTrainTests(unittest.TestCase):
+    """jdmailctl bayes train/stats against a Maildir folder and an mbox file."""
+
+    def setUp(self):
+        self.server = bayes_server(self)
+        self.base = os.path.abspath(self.mktemp())
+        spam_dir = os.path.join(self.base, "Spam")
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(spam_dir, sub))
+        self.spam_dir = spam_dir
+        self.mbox = os.path.join(self.base, "ham.mbox")
+        n = 0
+        with open(self.mbox, "wb") as box:
+            for raw, is_spam in corpus(seed=11, spam=12, ham=15):
+                if is_spam:
+                    with open(os.path.join(spam_dir, "cur" if n % 2 else "new", f"{n}.gen:2,S"), "wb") as f:
+                        f.write(raw)
+                    n += 1
+                else:
+                    box.write(b"From someone@example.net Mon Jan  1 00:00:00 2024\n"
+                              + raw.replace(b"\r\n", b"\n").replace(b"\nFrom ", b"\n>From ") + b"\n")
+
+    def test_train_maildir_and_mbox_then_stats(self):
+        p = self.server.ctl("bayes", "train", "--spam", self.spam_dir, "--ham", self.mbox)
+        self.assertEqual(p.stdout.splitlines(), [
+            f"trained 12 spam message(s) from {self.spam_dir} into the global table",
+            f"trained 15 ham message(s) from {self.mbox} into the global table",
+            "global: 12 spam, 15 ham"])
+        self.assertEqual(totals(self.server), (12, 15))
+        # again: nothing new, and said so
+        p = self.server.ctl("bayes", "train", "--spam", self.spam_dir)
+        self.assertIn("trained 0 spam message(s)", p.stdout)
+        self.assertIn("(12 already trained as spam)", p.stdout)
+        p = self.server.ctl("bayes", "train", "--ham", self.spam_dir, "--user", "Bob@Example.org")
+        self.assertIn("into the table of bob@example.org", p.stdout)
+        p = self.server.ctl("bayes", "stats")
+        lines = p.stdout.splitlines()
+        self.assertEqual(lines[0], f"database: {os.path.join(self.server.datadir, 'bayes.sqlite')}")
+        self.assertRegex(lines[1], r"^global: 12 spam, 15 ham, \d+ tokens$")
+        self.assertRegex(lines[2], r"^bob@example.org: 0 spam, 12 ham, \d+ tokens$")
+
+    def test_refusals(self):
+        p = self.server.ctl("bayes", "train", check=False)
+        self.assertEqual((p.returncode, p.stderr), (2, "jdmailctl: bayes train needs --spam PATH and/or --ham PATH\n"))
+        p = self.server.ctl("bayes", "train", "--spam", "/nonexistent/box", check=False)
+        self.assertEqual((p.returncode, p.stderr), (2, "jdmailctl: /nonexistent/box: no such file or directory\n"))
+        p = self.server.ctl("bayes", "train", "--ham", self.server.ini, check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("not an mbox file", p.stderr)
+        p = self.server.ctl("bayes", "stats", "--filter", "nope", check=False)
+        self.assertEqual((p.returncode, p.stderr),
+                         (2, "jdmailctl: --filter nope: there is no [filter:nope] section of type bayes\n"))
+
+
+class TrainOnMoveTests(unittest.TestCase):
+    """A user's MOVE into Junk trains spam, out of Junk ham; the command never waits for it."""
+
+    def setUp(self):
+        self.server = bayes_server(self)
+
+    def _append(self, c, raw):
+        c.select_folder("INBOX")
+        c.append("INBOX", raw)
+        return max(c.search(["ALL"]))
+
+    async def test_move_into_and_out_of_junk(self):
+        server = self.server
+        raw = corpus(seed=21, spam=1, ham=0)[0][0]
+
+        def into_junk():
+            c = imap(server)
+            try:
+                uid = self._append(c, raw)
+                c.move([uid], "Junk")
+                return c.folder_status("Junk", ["MESSAGES"])[b"MESSAGES"]
+            finally:
+                c.logout()
+        self.assertEqual(await deferToThread(into_junk), 1)
+        self.assertEqual(await deferToThread(wait_for, lambda: totals(server) == (1, 0)), True,
+                         server.read_log()[-3000:])
+
+        def out_of_junk():
+            c = imap(server)
+            try:
+                c.select_folder("Junk")
+                c.move(c.search(["ALL"]), "INBOX")
+            finally:
+                c.logout()
+        await deferToThread(out_of_junk)
+        self.assertEqual(await deferToThread(wait_for, lambda: totals(server) == (0, 1)), True,
+                         server.read_log()[-3000:])
+        self.assertIn("bayes bayes: trained 1 of 1 message(s) as ham user=bob@example.org from=Junk to=INBOX",
+                      server.read_log())
+
+    async def test_copy_into_junk_trains_and_other_folders_do_not(self):
+        server = self.server
+        raw = corpus(seed=22, spam=1, ham=0)[0][0]
+
+        def copies():
+            c = imap(server)
+            try:
+                uid = self._append(c, raw)
+                c.create_folder("Work")
+                c.copy([uid], "Work")          # not Junk: nothing to learn
+                c.copy([uid], "Junk")
+            finally:
+                c.logout()
+        await deferToThread(copies)
+        self.assertEqual(await deferToThread(wait_for, lambda: totals(server) == (1, 0)), True)
+        self.assertNotIn("to=Work", server.read_log())
+
+
+class TrainingFailureTests(unittest.TestCase):
+
+    async def test_broken_token_database_does_not_fail_the_move(self):
+        server = bayes_server(self)
+        conn = sqlite3.connect(os.path.join(server.datadir, "bayes.sqlite"))
+        conn.execute("DROP TABLE bayes_seen")
+        conn.commit()
+        conn.close()
+        raw = corpus(seed=23, spam=1, ham=0)[0][0]
+
+        def move():
+            c = imap(server)
+            try:
+                c.select_folder("INBOX")
+                c.append("INBOX", raw)
+                c.move(c.search(["ALL"]), "Junk")        # raises on a NO or BAD answer
+                return (c.folder_status("INBOX", ["MESSAGES"])[b"MESSAGES"],
+                        c.folder_status("Junk", ["MESSAGES"])[b"MESSAGES"])
+            finally:
+                c.logout()
+        self.assertEqual(await deferToThread(move), (0, 1))
+        logged = await deferToThread(wait_for, lambda: "training from an IMAP move failed" in server.read_log())
+        self.assertTrue(logged, server.read_log()[-3000:])
