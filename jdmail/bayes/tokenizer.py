@@ -84,8 +84,6 @@ def _header(msg, name):
 
 
 def _header_tokens(msg, tokens):
-    for name in {k.lower() for k in msg.keys()}:
-        tokens.add(f"header:{name}")
     for value in _header(msg, "subject"):
         for word in _WORD.findall(value):
             for tok in _word_tokens(word):
@@ -187,14 +185,15 @@ def _strip_html(text, tokens):
 
 
 def _body_word(word, tokens, words):
-    if "://" in word or word.lower().startswith(("mailto:", "www.")):
-        for m in _URL.finditer(word):
-            _url_tokens(m, tokens)
-        if word.lower().startswith("www."):
-            for part in word.lower().strip(_STRIP).split("."):
-                if part:
-                    tokens.add("url:" + part[:20])
-        return
+    if ":" in word or word[:4] in ("www.", "WWW.", "Www."):
+        if "://" in word or word.lower().startswith(("mailto:", "www.")):
+            for m in _URL.finditer(word):
+                _url_tokens(m, tokens)
+            if word[:4].lower() == "www.":
+                for part in word.lower().strip(_STRIP).split("."):
+                    if part:
+                        tokens.add("url:" + part[:20])
+            return
     if "@" in word:
         for addr in _EMAIL.findall(word):
             local, _, domain = addr.lower().rpartition("@")
@@ -202,11 +201,13 @@ def _body_word(word, tokens, words):
             for part in domain.split("."):
                 tokens.add("email addr:" + part)
         return
-    if _IPV4.search(word):
+    if "." in word and _IPV4.search(word):
         for ip in _IPV4.findall(word):
             tokens.add("ip:" + ".".join(ip[:3]))
         return
-    words.extend(_word_tokens(word))
+    token = _word_token(word)
+    if token is not None:
+        words.append(token)
 
 
 def _url_tokens(m, tokens):
@@ -226,13 +227,18 @@ def _url_tokens(m, tokens):
             tokens.add("url:" + piece)
 
 
-def _word_tokens(word):
-    """The tokens of one whitespace-separated word: itself (folded, 3-12 chars), or a
-    "skip" token for long ones; nothing for very short ones."""
+def _word_token(word):
+    """The token of one whitespace-separated word: itself (folded, 3-12 chars), a "skip"
+    token for long ones, None for very short ones."""
     w = word.strip(_STRIP).lower()
     n = len(w)
     if n < MIN_WORD:
-        return []
+        return None
     if n > MAX_WORD:
-        return [f"skip:{w[0]} {n // 10 * 10}"]
-    return [w]
+        return f"skip:{w[0]} {n // 10 * 10}"
+    return w
+
+
+def _word_tokens(word):
+    token = _word_token(word)
+    return [] if token is None else [token]
