@@ -278,6 +278,11 @@ class AccountSettingsTests(CtlTestCase):
                       "quota_messages: 50 messages (domain default)\n", show)
         self.assertIn("forward: none\n", show)
 
+    def test_user_add_with_message_quota(self):
+        self.assertEqual(self.ctl("user", "add", "carol@example.org", "--password", "pw", "--quota-messages", "9"),
+                         (0, "added user carol@example.org\n", ""))
+        self.assertEqual(self.directory().get_user("carol@example.org").quota_messages, 9)
+
     def test_user_set_refusals(self):
         self.assertRefused(self.ctl("user", "set", "bob@example.org"), "nothing to change", status=2)
         self.assertRefused(self.ctl("user", "set", "bob@example.org", "--protocols", "ftp"),

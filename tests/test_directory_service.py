@@ -205,6 +205,14 @@ class GroupTests(TestCase):
         # no sender given (EXPN, the queue runner): no check
         self.assertEqual((await self.d.resolve("board@example.org")).kind, LOCAL)
 
+    async def test_member_posting_from_an_alternate_address(self):
+        # a backend (LDAP: mail/proxyAddresses) that finds bob under another address too
+        self.b.users["robert@example.org"] = self.b.users["bob@example.org"]
+        r = await self.d.resolve("board@example.org", sender="Robert@example.org")
+        self.assertEqual(r.kind, LOCAL)
+        r = await self.d.resolve("board@example.org", sender="carol@example.org")
+        self.assertEqual(r.kind, REFUSED)
+
     async def test_restriction_through_an_alias(self):
         self.b.aliases_["bosses@example.org"] = ["board@example.org"]
         r = await self.d.resolve("bosses@example.org", sender="carol@example.org")

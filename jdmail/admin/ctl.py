@@ -46,6 +46,7 @@ def build_parser():
     p.add_argument("address")
     p.add_argument("--password", help="the password (default: prompt, or one line from stdin)")
     p.add_argument("--quota", default="0", help="mailbox size limit such as 500M or 2G (default: 0, no limit)")
+    p.add_argument("--quota-messages", default=None, help="message count limit (default: 0, the domain's)")
     p.add_argument("--scheme", default=None, help="password hash scheme: BLF-CRYPT or ARGON2ID "
                    "(default: [directory] password_scheme)")
     p = user.add_parser("passwd", help="change a user's password")
@@ -616,6 +617,7 @@ def run(args, out):
                 quota = parse_size(args.quota)
             except ValueError as e:
                 raise CtlError(f"--quota {e}") from None
+            messages = _count("--quota-messages", args.quota_messages)
             # refuse a bad address before asking for a password
             from jdmail.address import AddressError, check_mailbox
             try:
@@ -623,6 +625,8 @@ def run(args, out):
             except AddressError as e:
                 raise CtlError(f"bad address: {e}") from None
             name = directory.add_user(args.address, _hash(args, directory), quota)
+            if messages:
+                directory.set_user(name, quota_messages=messages)
             out.write(f"added user {name}\n")
         elif action == "passwd":
             from jdmail.address import domain_of, normalize

@@ -283,7 +283,7 @@ class DirectoryService:
         # The restriction applies to the group a message is addressed to (directly or
         # through aliases); groups nested in it are posted to by the group itself.
         if group.members_only and st.sender is not None and st.group_depth == 0 \
-                and not self.may_post(group, st.sender):
+                and not await self._may_post(group, st.sender):
             st.refused = GROUP_REFUSAL
             return
         st.group_depth += 1
@@ -292,6 +292,16 @@ class DirectoryService:
                 await self._expand(normalize(member), depth + 1, st)
         finally:
             st.group_depth -= 1
+
+    async def _may_post(self, group, sender):
+        """may_post, also for a member writing from another of their addresses (one the
+        backend maps to the member's primary address, e.g. an LDAP alternate address)."""
+        if self.may_post(group, sender):
+            return True
+        if not sender or await self._domain(domain_of(sender)) is None:
+            return False
+        user = await self._user(normalize(sender))
+        return user is not None and user.address != normalize(sender) and self.may_post(group, user.address)
 
     @staticmethod
     def may_post(group, sender):
