@@ -12,7 +12,9 @@ from twisted.trial import unittest
 
 from jdmail.directory.ldap import (LDAPDirectoryFactory, LDAPUserRecord, escape_dn_value,
                                    fill_filter)
+from jdmail.directory.service import DirectoryService
 from jdmail.errors import ConfigErrors, DirectoryUnavailable
+from jdmail.interfaces import Resolution
 from jdmail.services import Services
 from tests.e2e import wait_for
 from tests.fixtures.ldap import PASSWORDS, SERVICE_DN, SUFFIX, SlapdServer, seed_ldif
@@ -105,6 +107,23 @@ class OpenLDAPPresetTests(LDAPTestCase):
         self.assertEqual((group.address, group.members), ("team@example.org",
                                                          ("bob@example.org", "alice@example.org")))
 
+    async def test_group_members_only(self):
+        backend = self.backend(group_members_only=True, group_senders_attribute="description")
+        group = await backend.group("team@example.org")
+        self.assertTrue(group.members_only)
+        self.assertEqual(set(group.senders), {"robert@example.org", "bob.builder@example.org",
+                                              "@partner.example"})
+        directory = DirectoryService(backend, services(), settings={"cache_ttl": 0, "negative_cache_ttl": 0})
+        for sender in ("alice@example.org", "Robert@example.org", "anyone@partner.example"):
+            resolution = await directory.resolve("team@example.org", sender=sender)
+            self.assertEqual((resolution.kind, sorted(resolution.mailboxes)),
+                             (Resolution.Kind.LOCAL, ["example.org/alice", "example.org/bob"]), sender)
+        for sender in ("eve@remote.test", "", "team@example.org"):
+            resolution = await directory.resolve("team@example.org", sender=sender)
+            self.assertEqual(resolution.kind, Resolution.Kind.REFUSED, sender)
+        open_group = await self.backend().group("team@example.org")
+        self.assertEqual((open_group.members_only, open_group.senders), (False, ()))
+
     async def test_no_groups_when_group_filter_is_empty(self):
         self.assertIsNone(await self.backend(group_filter="").group("team@example.org"))
 
@@ -145,6 +164,22 @@ class OpenLDAPPresetTests(LDAPTestCase):
             f.write(PASSWORDS["service"] + "\n")
         backend = self.backend(bind_password="", bind_password_file=path)
         self.assertEqual((await backend.user("bob@example.org")).address, "bob@example.org")
+
+
+class PagingTests(LDAPTestCase):
+    """The fixture answers unpaged searches with 2 entries at most (AD: 1,000)."""
+
+    def test_paged_search_gets_every_entry(self):
+        from jdmail.directory.ldappool import LDAPConnections
+        pool = LDAPConnections([self.slapd.uri], SERVICE_DN, PASSWORDS["service"], page_size=2)
+        self.addCleanup(pool.close)
+        people = "(objectClass=inetOrgPerson)"
+        self.assertEqual(len(pool.search(SUFFIX, people, ["mail"])), 2)         # cut at the limit
+        dns = sorted(dn for dn, _ in pool.search(SUFFIX, people, ["mail"], paged=True))
+        self.assertEqual(dns, sorted(f"uid={u},ou=people,{SUFFIX}"
+                                     for u in ("bob", "alice", "dave", "admin", "nomail")))
+        pool.page_size = 500
+        self.assertEqual(sorted(dn for dn, _ in pool.search(SUFFIX, people, ["mail"], paged=True)), dns)
 
 
 class ActiveDirectoryPresetTests(LDAPTestCase):

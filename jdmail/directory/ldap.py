@@ -269,7 +269,9 @@ class LDAPBackend:
 
     def _find_group(self, address):
         s = self._s
-        attributes = [s["member_attribute"]] if s["member_attribute"] and not s["member_of_attribute"] else []
+        attributes = [s["member_attribute"]] if not s["member_of_attribute"] else []
+        if s["group_senders_attribute"]:
+            attributes.append(s["group_senders_attribute"])
         entries = self._search(s["group_base_dn"], s["group_filter"], address, attributes)
         if not entries:
             return None
@@ -278,36 +280,42 @@ class LDAPBackend:
                            "directory is fixed", address=address, n=len(entries))
             return None
         dn, attrs = entries[0]
-        members = []
+        members, senders = [], []
         if s["member_of_attribute"]:
             member_filter = f"({s['member_of_attribute']}={_escape_filter(dn)})"
             try:
-                found = self._conns.search(s["base_dn"], member_filter, self._member_attributes())
+                found = self._conns.search(s["base_dn"], member_filter, self._member_attributes(),
+                                           paged=True)
             except DirectoryUnavailable as e:
                 self.log.error("ldap lookup failed: {error}", error=e)
                 raise
-            for member_dn, member_attrs in found:
-                members.append(self._member_address(member_dn, member_attrs))
         else:
+            found = []
             for member_dn in attrs.get(s["member_attribute"].lower(), ()):
                 try:
-                    found = self._conns.search(member_dn, "(objectClass=*)", self._member_attributes(),
-                                               scope="base")
+                    found += self._conns.search(member_dn, "(objectClass=*)", self._member_attributes(),
+                                                scope="base")
                 except DirectoryUnavailable as e:
                     self.log.error("ldap lookup failed: {error}", error=e)
                     raise
-                for member_dn2, member_attrs in found:
-                    members.append(self._member_address(member_dn2, member_attrs))
-        return GroupRecord(address=address, members=tuple(dict.fromkeys(m for m in members if m)))
+        for member_dn, member_attrs in found:
+            primary, every = self._addresses(member_attrs)
+            if primary is None:
+                self.log.info("ldap: group member {dn} has no mail address; skipped", dn=member_dn)
+                continue
+            members.append(primary)
+            senders += every            # a member may post from any of its addresses
+        if s["group_senders_attribute"]:
+            for value in attrs.get(s["group_senders_attribute"].lower(), ()):
+                value = value.strip()
+                senders.append("@" + normalize_domain(value[1:]) if value.startswith("@") else normalize(value))
+        members = tuple(dict.fromkeys(members))
+        return GroupRecord(address=address, members=members, members_only=s["group_members_only"],
+                           senders=tuple(a for a in dict.fromkeys(senders) if a not in members)
+                           if s["group_members_only"] else ())
 
     def _member_attributes(self):
         return self._address_attributes
-
-    def _member_address(self, dn, attrs):
-        primary, _ = self._addresses(attrs)
-        if primary is None:
-            self.log.info("ldap: group member {dn} has no mail address; skipped", dn=dn)
-        return primary
 
 
 _PRESET_KEYS = tuple(PRESETS["openldap"])
@@ -366,6 +374,10 @@ class LDAPDirectoryFactory:
         "member_attribute": _preset_str("a group's member DNs"),
         "member_of_attribute": _preset_str("when set, a group's members are the entries whose "
                                            "attribute holds the group's DN (AD memberOf)"),
+        "group_members_only": Option.bool(default=False, help="groups take mail only from their members "
+                                                              "(any of their addresses) and group senders"),
+        "group_senders_attribute": Option.str(default="", help="with group_members_only: a group attribute "
+                                                               "listing more allowed senders (addresses, @domain)"),
         "timeout": Option.duration(default=5.0, help="connect and answer timeout per LDAP operation"),
         "pool_size": Option.int(default=4, help="LDAP connections at most, for lookups and for logins each"),
     }

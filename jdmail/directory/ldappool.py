@@ -25,6 +25,7 @@ _TEMPORARY = {1: "operationsError", 3: "timeLimitExceeded", 11: "adminLimitExcee
 _INVALID_CREDENTIALS = 49
 _NO_SUCH_OBJECT = 32
 _SIZE_LIMIT_EXCEEDED = 4
+_PAGED_RESULTS = "1.2.840.113556.1.4.319"       # RFC 2696 control
 
 
 def parse_uri(uri):
@@ -52,12 +53,13 @@ class LDAPConnections:
     log = Logger()
 
     def __init__(self, uris, bind_dn="", bind_password="", start_tls=False, ca_file="",
-                 verify=True, timeout=5.0, size=4):
+                 verify=True, timeout=5.0, size=4, page_size=500):
         import ldap3
         self._ldap3 = ldap3
         self.uris = list(uris)
         self._bind_dn, self._bind_password = bind_dn, bind_password
         self._start_tls, self._timeout = start_tls, timeout
+        self.page_size = page_size
         tls = ldap3.Tls(validate=ssl.CERT_REQUIRED if verify else ssl.CERT_NONE,
                         ca_certs_file=ca_file or None, version=ssl.PROTOCOL_TLS_CLIENT)
         self._tls = tls
@@ -163,24 +165,34 @@ class LDAPConnections:
 
     # --- operations -----------------------------------------------------------------------
 
-    def search(self, base, search_filter, attributes, scope="sub", size_limit=0):
+    def search(self, base, search_filter, attributes, scope="sub", paged=False):
         """[(dn, {attribute name (lower-case): [str values]})] for a search; an absent
-        base is an empty answer. Raises DirectoryUnavailable."""
+        base is an empty answer. ``paged``: ask in pages (RFC 2696), past the server's
+        size limit (Active Directory answers 1,000 entries at most otherwise).
+        Raises DirectoryUnavailable."""
         ldap3 = self._ldap3
         scopes = {"sub": ldap3.SUBTREE, "one": ldap3.LEVEL, "base": ldap3.BASE}
 
         def operation(conn):
-            conn.search(base, search_filter, search_scope=scopes[scope], attributes=list(attributes),
-                        size_limit=size_limit, time_limit=max(1, int(self._timeout)))
-            code = conn.result.get("result")
-            if code in (0, _NO_SUCH_OBJECT, _SIZE_LIMIT_EXCEEDED):
-                if code == _SIZE_LIMIT_EXCEEDED and not size_limit:
-                    self.log.warn("ldap search hit the server's size limit: base={base} "
-                                  "filter={filter}", base=base, filter=search_filter)
-                return [(entry["dn"], _values(entry)) for entry in conn.response or ()
+            out, cookie = [], None
+            while True:
+                conn.search(base, search_filter, search_scope=scopes[scope], attributes=list(attributes),
+                            time_limit=max(1, int(self._timeout)),
+                            paged_size=self.page_size if paged else None, paged_cookie=cookie)
+                result = conn.result or {}
+                code = result.get("result")
+                if code not in (0, _NO_SUCH_OBJECT, _SIZE_LIMIT_EXCEEDED):
+                    raise DirectoryUnavailable(f"LDAP search refused: {result.get('description')} "
+                                               f"({code}) {result.get('message') or ''}".strip())
+                if code == _SIZE_LIMIT_EXCEEDED:
+                    self.log.warn("ldap search hit the server's size limit: base={base} filter={filter}",
+                                  base=base, filter=search_filter)
+                out += [(entry["dn"], _values(entry)) for entry in conn.response or ()
                         if entry.get("type") == "searchResEntry"]
-            raise DirectoryUnavailable(f"LDAP search refused: {conn.result.get('description')} "
-                                       f"({code}) {conn.result.get('message') or ''}".strip())
+                control = (result.get("controls") or {}).get(_PAGED_RESULTS) or {}
+                cookie = (control.get("value") or {}).get("cookie")
+                if not paged or not cookie or code != 0:
+                    return out
         return self._run("search", operation)
 
     def check_password(self, dn, password):
