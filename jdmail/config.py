@@ -125,8 +125,14 @@ CORE_SCHEMA = {
     "filters": {
         "chain": Option.list(default=[], help="[filter:NAME] sections to run, in order"),
         "timeout": Option.duration(default=30.0, help="per filter call; on expiry the filter's on_error applies"),
-        "on_error": Option.choice(("tempfail", "continue", "reject"), default="tempfail",
+        "on_error": Option.choice(("tempfail", "continue", "accept", "reject"), default="tempfail",
                                   help="verdict when a filter fails or times out"),
+        "tag_score": Option.float(default=5.0, help="spam score at which mail is tagged "
+                                                    "(X-Spam-Flag: YES); 0 = never"),
+        "reject_score": Option.float(default=0.0, help="spam score at which mail is refused "
+                                                       "after DATA (550 5.7.1); 0 = never"),
+        "junk_tagged": Option.bool(default=True, help="deliver mail tagged as spam into the "
+                                                      "recipient's Junk folder"),
     },
 }
 
@@ -145,8 +151,12 @@ _ZERO_MEANS_OFF = {"queue": ("delay_warning",), "directory": ("cache_ttl", "nega
 COMPONENT_SECTIONS = {"directory": "directory", "store": "store"}
 FILTER_COMMON = {
     "type": Option.str(default="", help="the filter plugin's kind (default: the section's NAME)"),
-    "on_error": Option.choice(("tempfail", "continue", "reject"), default=None,
+    "on_error": Option.choice(("tempfail", "continue", "accept", "reject"), default=None,
                               help="overrides [filters] on_error for this filter"),
+    "timeout": Option.duration(default=None, help="overrides [filters] timeout for this filter"),
+    "quarantine": Option.choice(("central", "junk"), default="central",
+                                help="where this filter's quarantine verdicts send mail: the central "
+                                     "quarantine (jdmailctl quarantine) or the recipient's Junk folder"),
 }
 
 

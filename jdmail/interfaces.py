@@ -13,7 +13,7 @@ from zope.interface import Attribute, Interface
 from jdmail.options import Option
 
 __all__ = [
-    "Option", "Stage", "Action", "Verdict", "Account", "Resolution", "Envelope", "MessageInfo",
+    "Option", "Stage", "Action", "Verdict", "AuthResult", "Account", "Resolution", "Envelope", "MessageInfo",
     "IComponentFactory", "IDirectoryFactory", "IStoreFactory", "IFilterFactory",
     "IUserDirectory", "IDirectoryAdmin", "IMessageStore", "IMailboxStore",
     "IFilter", "IDeliveryAgent", "IAccountStore", "IFolder",
@@ -29,12 +29,17 @@ PROTOCOLS = frozenset({"smtp", "pop3", "imap"})
 # --- value types ---------------------------------------------------------------------------
 
 class Stage(enum.Enum):
-    """The points of an SMTP session at which filters are asked for a verdict."""
+    """The points of an SMTP session at which filters are asked for a verdict.
+
+    OUTBOUND comes after DATA, only for submitted mail (an authenticated client or one
+    in ``[smtp] mynetworks``), before the message is queued or delivered: the place to
+    add headers such as a DKIM signature."""
     CONNECT = "connect"
     HELO = "helo"
     MAIL = "mail"
     RCPT = "rcpt"
     DATA = "data"
+    OUTBOUND = "outbound"
 
 
 class Action(enum.IntEnum):
@@ -48,10 +53,38 @@ class Action(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class AuthResult:
+    """One method result for the ``Authentication-Results:`` header (RFC 8601), e.g.
+    ``AuthResult("spf", "pass", properties=(("smtp.mailfrom", "a@example.org"),))``
+    renders as ``spf=pass smtp.mailfrom=a@example.org``."""
+    method: str                # spf, dkim, dmarc, iprev, auth, ...
+    result: str                # pass, fail, softfail, neutral, none, temperror, permerror, ...
+    reason: str = ""           # rendered as reason="..."
+    properties: tuple = ()     # ((ptype.property, value), ...): smtp.mailfrom, header.d, header.from, ...
+
+    def render(self):
+        out = f"{self.method}={self.result}"
+        if self.reason:
+            reason = self.reason.replace("\\", "\\\\").replace('"', '\\"')
+            out += f' reason="{reason}"'
+        for key, value in self.properties:
+            value = str(value)
+            if not value or any(c in value for c in ' \t;()"\\'):
+                value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            out += f" {key}={value}"
+        return out
+
+
+@dataclass(frozen=True)
 class Verdict:
-    """A filter's answer for one stage.
+    """A filter's answer for one stage (see jdmail.filters for how verdicts combine).
 
     ``text`` goes to the client (short, generic); ``reason`` only to the log.
+    ``headers`` are (name, value) pairs prepended to the stored message.
+    ``score`` (None: this filter does not score) is added to the transaction's spam
+    score; ``tests`` name what scored (shown in X-Spam-Status); ``spam`` True tags the
+    message as spam whatever the total. ``auth_results`` are AuthResult values for the
+    Authentication-Results header.
     """
     action: Action = Action.CONTINUE
     code: int = 250
@@ -59,18 +92,41 @@ class Verdict:
     text: str = ""
     reason: str = ""
     headers: tuple = ()
+    score: float = None
+    tests: tuple = ()
+    spam: bool = False
+    auth_results: tuple = ()
 
     @classmethod
-    def reject(cls, text, code=550, enhanced="5.7.1", reason=""):
-        return cls(Action.REJECT, code, enhanced, text, reason)
+    def reject(cls, text, code=550, enhanced="5.7.1", reason="", **kw):
+        """Refuse (5xx): the client gets ``code enhanced text``."""
+        return cls(Action.REJECT, code, enhanced, text, reason, **kw)
 
     @classmethod
-    def tempfail(cls, text, code=451, enhanced="4.7.1", reason=""):
-        return cls(Action.TEMPFAIL, code, enhanced, text, reason)
+    def tempfail(cls, text, code=451, enhanced="4.7.1", reason="", **kw):
+        """Refuse for now (4xx): the client retries later."""
+        return cls(Action.TEMPFAIL, code, enhanced, text, reason, **kw)
 
     @classmethod
-    def add_headers(cls, *headers, reason=""):
-        return cls(Action.CONTINUE, headers=tuple(headers), reason=reason)
+    def accept(cls, reason="", **kw):
+        """Accept: no later filter runs for this transaction (or connection)."""
+        return cls(Action.ACCEPT, reason=reason, **kw)
+
+    @classmethod
+    def discard(cls, reason="", **kw):
+        """Answer 250 but deliver the message nowhere (logged)."""
+        return cls(Action.DISCARD, reason=reason, **kw)
+
+    @classmethod
+    def quarantine(cls, reason="", **kw):
+        """Keep the message away from the inbox: the filter's ``quarantine`` setting says
+        where (the recipient's Junk folder or the central quarantine)."""
+        return cls(Action.QUARANTINE, reason=reason, **kw)
+
+    @classmethod
+    def add_headers(cls, *headers, reason="", **kw):
+        """Continue, adding headers: each a (name, value) pair or a "Name: value" string."""
+        return cls(Action.CONTINUE, headers=tuple(headers), reason=reason, **kw)
 
 
 Verdict.CONTINUE = Verdict()
@@ -126,6 +182,7 @@ class Envelope:
     ret: str = ""                                   # RFC 3461 MAIL parameters: FULL | HDRS | ''
     envid: str = ""
     dsn: dict = field(default_factory=dict)         # address -> (NOTIFY tuple, ORCPT) from RCPT
+    junk: bool = False                              # local mailboxes get it in their Junk folder
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,7 +474,10 @@ class IMailboxStore(Interface):
 
 
 class IFilter(Interface):
-    """Inspects mail at the stages it declares and returns a Verdict for each."""
+    """Inspects mail at the stages it declares and returns a Verdict for each.
+
+    Called by jdmail.filters.chain.FilterChain from the SMTP server, in ``[filters]
+    chain`` order; what ``txn`` holds at each stage is listed in jdmail.filters."""
 
     name = Attribute("The instance name from the INI ([filter:NAME])")
     stages = Attribute("frozenset of Stage values this filter acts at")

@@ -49,6 +49,17 @@ def parse_int(text):
     return value
 
 
+def parse_float(text):
+    """A number >= 0 such as 5 or 6.5."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r}: expected a number such as 5 or 6.5") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{text!r}: expected a number of 0 or more")
+    return value
+
+
 def parse_list(text):
     """Comma-separated values, blanks dropped."""
     return [part.strip() for part in text.split(",") if part.strip()]
@@ -57,7 +68,7 @@ def parse_list(text):
 class Option:
     """One INI key: how to parse it, its default, and a line of help.
 
-    Build with the class methods: Option.str(), .int(), .bool(), .size(),
+    Build with the class methods: Option.str(), .int(), .float(), .bool(), .size(),
     .duration(), .list(), .choice().
     """
 
@@ -76,6 +87,10 @@ class Option:
     @classmethod
     def int(cls, default=0, required=False, help=""):
         return cls("integer", parse_int, default, required, help)
+
+    @classmethod
+    def float(cls, default=0.0, required=False, help=""):
+        return cls("number", parse_float, default, required, help)
 
     @classmethod
     def bool(cls, default=False, required=False, help=""):

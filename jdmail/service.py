@@ -17,7 +17,8 @@ from jdmail.auth import make_portal
 from jdmail.config import LISTENER_SECTIONS
 from jdmail.delivery.local import LocalDelivery
 from jdmail.errors import ConfigError, ConfigErrors
-from jdmail.filters.chain import FilterChain
+from jdmail.filters.chain import ChainEntry, FilterChain
+from jdmail.filters.quarantine import Quarantine
 from jdmail.imap.server import IMAPFactory
 from jdmail.limits import ConnectionCounter
 from jdmail.pop3.server import POP3Factory
@@ -263,8 +264,13 @@ def make_service(config, reactor):
     for name in config["filters"]["chain"]:
         section = f"filter:{name}"
         flt = _build_component(config, section, services, errors, name=name)
-        chain.append((flt, config.components[section][1].get("on_error")))
-    filters = FilterChain(chain, config["filters"]["timeout"], reactor, config["filters"]["on_error"])
+        common = config.components[section][1]
+        chain.append(ChainEntry(flt, common.get("on_error"), common.get("timeout"),
+                                common.get("quarantine") or "central"))
+    fcfg = config["filters"]
+    filters = FilterChain([] if errors else chain, reactor, fcfg["timeout"], fcfg["on_error"],
+                          config.hostname, fcfg["tag_score"], fcfg["reject_score"], fcfg["junk_tagged"])
+    quarantine = Quarantine(os.path.join(datadir, "quarantine"), services)
 
     try:
         context = tls.context_factory(config)
@@ -293,7 +299,8 @@ def make_service(config, reactor):
             factory = IMAPFactory(services, portal, settings)
         elif proto == "smtp":
             listener = Listener(section, implicit_tls, config[section]["require_auth"])
-            factory = SMTPFactory(services, listener, smtp_counter, delivery, filters, portal, context, reactor)
+            factory = SMTPFactory(services, listener, smtp_counter, delivery, filters, portal, context, reactor,
+                                   quarantine)
         else:
             settings = dict(config["pop3"])
             settings.update(allow_plaintext=config["auth"]["allow_plaintext"],

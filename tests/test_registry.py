@@ -165,7 +165,7 @@ class DropinTests(RegistryTestMixin, unittest.TestCase):
             """)
         self.assertEqual(self.load_errors(path),
                          [f"{path}: [filter:subject_words] phrases is not a known key "
-                          "(allowed here: on_error, type, words)"])
+                          "(allowed here: on_error, quarantine, timeout, type, words)"])
 
     def test_second_instance_via_type(self):
         self.use_plugin_dir(DROPINS)
@@ -207,15 +207,15 @@ class UnknownAndBrokenTests(RegistryTestMixin, unittest.TestCase):
             [jdmail]
             plugin_dirs = {DROPINS}
             [filters]
-            chain = clamav
-            [filter:clamav]
-            socket = /run/clamav/clamd.ctl
+            chain = sophos
+            [filter:sophos]
+            socket = /run/sophos.ctl
             """)
         errors = self.load_errors(path)
         available = ", ".join(sorted(registry.factories("filter")))
         self.assertIn("subject_words", available)
         self.assertEqual(errors,
-                         [f"{path}: [filter:clamav] 'clamav': no filter plugin has that name "
+                         [f"{path}: [filter:sophos] 'sophos': no filter plugin has that name "
                           f"(available: {available})"])
 
     def test_unknown_type_names_the_type_key(self):
@@ -376,5 +376,6 @@ class DropinEndToEndTests(unittest.TestCase):
         with open(files[0], "rb") as f:
             self.assertIn(b"Subject: minutes\r\n", f.read())
         log = server.read_log()
-        self.assertIn("filter subject_words stage=data verdict=REJECT reason=subject contains 'lottery'", log)
+        self.assertIn("filter verdict filter=subject_words stage=data action=reject reply=550 5.7.1 ", log)
+        self.assertIn("reason=subject contains 'lottery'", log)
         self.assertEqual(os.listdir(os.path.join(server.datadir, "spool", "incoming")), [])

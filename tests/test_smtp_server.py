@@ -16,6 +16,7 @@ from twisted.trial.unittest import TestCase
 from jdmail.auth import make_portal
 from jdmail.config import CORE_SCHEMA
 from jdmail.errors import DirectoryUnavailable
+from jdmail.filters.chain import FilterChain
 from jdmail.interfaces import Account, Resolution
 from jdmail.smtp import spool as spool_module
 from jdmail.smtp.server import ESMTPServer, Listener
@@ -63,7 +64,7 @@ class FakeFactory:
 
     hostname = "mail.test"
     tls_context = None
-    filters = []
+    filters = FilterChain([], None)
 
     def __init__(self, spool_dir, **smtp):
         self.settings = {key: option.default for key, option in CORE_SCHEMA["smtp"].items()}

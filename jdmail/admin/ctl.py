@@ -1,5 +1,5 @@
 """jdmailctl: manage the domains, users and aliases of jdmail's user directory, the
-outbound queue and the Bayes spam classifier's training.
+outbound queue, the central quarantine and the Bayes spam classifier's training.
 
 Exit status: 0 done, 1 the change was refused (one line on stderr), 2 usage or
 configuration problem.
@@ -25,7 +25,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Manage jdmail's domains, users and aliases.")
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="INI file (default: $JDMAIL_CONFIG, else the embedded default)")
-    groups = parser.add_subparsers(dest="group", metavar="{domain,user,alias,group,queue,dkim,bayes,plugins}",
+    groups = parser.add_subparsers(dest="group", metavar="{domain,user,alias,group,queue,quarantine,dkim,bayes,plugins}",
                                    required=True)
 
     domain = groups.add_parser("domain", help="local domains").add_subparsers(dest="action", required=True)
@@ -147,6 +147,14 @@ def build_parser():
     p.add_argument("--filter", metavar="NAME", help="the [filter:NAME] section to use (default: the first bayes one)")
     p = bayes.add_parser("stats", help="messages and tokens trained, per table")
     p.add_argument("--filter", metavar="NAME", help="the [filter:NAME] section to use (default: the first bayes one)")
+
+    quarantine = groups.add_parser("quarantine", help="the central quarantine of filtered messages") \
+        .add_subparsers(dest="action", required=True)
+    quarantine.add_parser("list", help="list quarantined messages: id, date, size, sender, recipients, why")
+    for name, text in (("show", "show one message's envelope, reasons and header"),
+                       ("release", "deliver one message as it would have been delivered, then remove it"),
+                       ("delete", "remove one message without delivering it")):
+        quarantine.add_parser(name, help=text).add_argument("quarantine_id", metavar="ID")
 
     groups.add_parser("plugins", help="list the components jdmail can use: kind, name, file, options")
     return parser
@@ -581,6 +589,113 @@ def run_bayes(args, out, path):
     return 0
 
 
+def _load_config(path):
+    from jdmail import config as config_module
+    from jdmail.errors import ConfigErrors
+    from jdmail.registry import RegistryError
+    try:
+        return config_module.load(path)
+    except ConfigErrors as e:
+        raise CtlError("\n".join(str(err) for err in e.errors), status=2) from None
+    except RegistryError as e:
+        raise CtlError(str(e), status=2) from None
+
+
+def _run_in_reactor(make_coroutine):
+    """Run an async function under a reactor (jdmailctl is otherwise synchronous)."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    outcome = []
+
+    def go():
+        d = Deferred.fromCoroutine(make_coroutine(reactor))
+        d.addBoth(outcome.append)
+        d.addBoth(lambda _: reactor.stop())
+    reactor.callWhenRunning(go)
+    reactor.run(installSignalHandlers=False)
+    result = outcome[0]
+    if hasattr(result, "raiseException"):
+        result.raiseException()
+    return result
+
+
+def release_quarantined(config, quarantine, record):
+    """Deliver a quarantined message to its original recipients (local mailboxes,
+    the outbound queue for remote ones), as the server would have."""
+    from twisted.python.threadpool import ThreadPool
+    from jdmail.delivery.local import LocalDelivery
+    from jdmail.queue.store import QueueStore
+    from jdmail.services import Services
+
+    envelope = quarantine.envelope(record)
+    path = quarantine.message_path(record["id"])
+    pool = ThreadPool(minthreads=1, maxthreads=2, name="jdmailctl")
+
+    async def work(reactor):
+        services = Services(reactor=reactor, config=config, hostname=config.hostname,
+                            datadir=config.datadir, threadpool=pool)
+        factory, settings = config.components["store"]
+        store = factory.build("store", settings, services)
+        queue = None
+        if LocalDelivery.remote_addresses(envelope):
+            queue = QueueStore(os.path.join(config.datadir, "queue"), services,
+                               config["queue"]["min_backoff"], config["queue"]["max_backoff"])
+        try:
+            await LocalDelivery(store, queue).deliver(envelope, path)
+        finally:
+            if queue is not None:
+                queue.close()
+            if hasattr(store, "close"):
+                store.close()
+
+    pool.start()
+    try:
+        _run_in_reactor(work)
+    finally:
+        pool.stop()
+    return envelope
+
+
+def run_quarantine(args, out, path):
+    from jdmail.filters.quarantine import Quarantine, QuarantineError
+    config = _load_config(path)
+    quarantine = Quarantine(os.path.join(config.datadir, "quarantine"))
+    try:
+        if args.action == "list":
+            records = quarantine.list()
+            for r in records:
+                rcpts = ",".join(x["address"] for x in r["recipients"])
+                out.write(f"{r['id']} {_when(r['arrived'])} {r['size']} <{r['sender']}> {rcpts} "
+                          f"{'; '.join(r['reasons']) or '-'}\n")
+            out.write(f"{len(records)} message(s)\n")
+            return 0
+        record = quarantine.get(args.quarantine_id)
+        if args.action == "show":
+            out.write(f"id: {record['id']}\narrived: {_when(record['arrived'])}\nsize: {record['size']}\n"
+                      f"sender: <{record['sender']}>\nclient: {record['client_ip']} helo={record['helo']}"
+                      f" auth={record['auth_user'] or '-'}\n")
+            for r in record["recipients"]:
+                out.write(f"recipient: {r['address']}\n")
+            for reason in record["reasons"]:
+                out.write(f"reason: {reason}\n")
+            out.write("\n")
+            with open(quarantine.message_path(record["id"]), "rb") as f:
+                for line in f:
+                    if line in (b"\r\n", b"\n"):
+                        break
+                    out.write(line.decode("utf-8", "replace").rstrip("\r\n") + "\n")
+        elif args.action == "release":
+            envelope = release_quarantined(config, quarantine, record)
+            quarantine.delete(record["id"])
+            out.write(f"released {record['id']} to {', '.join(a for a, _r in envelope.recipients)}\n")
+        elif args.action == "delete":
+            quarantine.delete(record["id"])
+            out.write(f"deleted {record['id']}\n")
+    except QuarantineError as e:
+        raise CtlError(str(e)) from None
+    return 0
+
+
 def run(args, out):
     """Carry out one parsed command, writing its output lines to ``out``."""
     from jdmail.options import parse_size
@@ -594,6 +709,8 @@ def run(args, out):
         return run_dkim(args, out, path)
     if args.group == "bayes":
         return run_bayes(args, out, path)
+    if args.group == "quarantine":
+        return run_quarantine(args, out, path)
     directory = open_directory(path)
     group, action = args.group, args.action
 

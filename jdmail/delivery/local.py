@@ -12,7 +12,9 @@ class LocalDelivery:
     and enqueues (fsynced) the remote addresses before returning.
 
     A mailbox reached through several recipients (an alias and the user itself)
-    gets one copy; a remote address reached twice is queued once.
+    gets one copy; a remote address reached twice is queued once. With
+    ``envelope.junk`` (a filter tagged it as spam) local copies go into each
+    mailbox's Junk folder.
     """
 
     def __init__(self, store, queue=None):
@@ -33,6 +35,20 @@ class LocalDelivery:
                     out.append((target, notify, orcpt if target == address else orcpt or ""))
         return out
 
+    async def junk_folder(self, mailbox):
+        """The name of the mailbox's folder marked \\Junk (RFC 6154), created as "Junk"
+        when there is none."""
+        from jdmail.interfaces import FolderError
+        account = self._store.account(mailbox)
+        for info in await account.list_folders():
+            if "\\Junk" in info.attributes:
+                return info.name
+        try:
+            await account.create_folder("Junk", special_use="\\Junk")
+        except FolderError:
+            pass            # a "Junk" without the attribute (or made meanwhile): use it
+        return "Junk"
+
     async def deliver(self, envelope, path):
         mailboxes = []
         for _address, resolution in envelope.recipients:
@@ -46,6 +62,9 @@ class LocalDelivery:
             await self._queue.enqueue(
                 envelope, path, [QueuedRecipient(address=a, notify=tuple(n), orcpt=o) for a, n, o in remote],
                 ret=envelope.ret, envid=envelope.envid)
-        if mailboxes:
+        if mailboxes and envelope.junk:
+            folders = {m: await self.junk_folder(m) for m in mailboxes}
+            await self._store.deliver(mailboxes, path, folders=folders)
+        elif mailboxes:
             await self._store.deliver(mailboxes, path)
         return {address: None for address, _resolution in envelope.recipients}

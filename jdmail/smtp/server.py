@@ -30,6 +30,7 @@ from twisted.mail.smtp import rfc822date
 from jdmail.address import AddressError, normalize, parse_path
 from jdmail.auth import IAccountAvatar
 from jdmail.errors import DirectoryUnavailable, SMTPReplyError
+from jdmail.filters.results import FilterResults
 from jdmail.interfaces import Action, Envelope, Resolution, Stage
 from jdmail.smtp.spool import SpoolFile, new_queue_id
 
@@ -47,11 +48,55 @@ _HEADER_UNSAFE = re.compile(r"[^\x21-\x7e]")
 _HEADER_UNSAFE_UTF8 = re.compile(r"[\x00-\x20\x7f-\x9f]")
 
 
+class Connection:
+    """One SMTP connection as CONNECT and HELO filters see it (see jdmail.filters)."""
+
+    queue_id = None
+    sender = None
+    recipients = ()
+
+    def __init__(self, session):
+        self.session = session
+        self.filter_results = FilterResults()
+        self.connect_results = self.filter_results
+
+    @property
+    def client_ip(self):
+        return self.session.client_ip
+
+    @property
+    def client_port(self):
+        return self.session.client_port
+
+    @property
+    def helo(self):
+        return self.session.helo
+
+    @property
+    def auth_user(self):
+        return self.session.account.name if self.session.account else ""
+
+    @property
+    def listener(self):
+        return self.session.listener.name
+
+    @property
+    def tls(self):
+        return bool(self.session.secure)
+
+    @property
+    def hostname(self):
+        return self.session.factory.hostname
+
+
 class Transaction:
-    """One MAIL..DATA exchange, as filters and delivery see it."""
+    """One MAIL..DATA exchange, as filters and delivery see it (see jdmail.filters)."""
 
     def __init__(self, session, sender, smtputf8, body_type, declared_size):
         self.session = session
+        self.connection = session.connection
+        self.filter_results = session.connection.filter_results.copy()
+        self.recipient = None          # at RCPT: the address being checked
         self.sender = sender
         self.smtputf8 = smtputf8
         self.body_type = body_type
@@ -66,17 +111,32 @@ class Transaction:
         self.envid = ""                # RFC 3461 MAIL ENVID (xtext, as given)
         self.dsn = {}                  # address -> (NOTIFY tuple, ORCPT) from RCPT
 
-    @property
-    def client_ip(self):
-        return self.session.client_ip
+    client_ip = property(lambda self: self.connection.client_ip)
+    client_port = property(lambda self: self.connection.client_port)
+    helo = property(lambda self: self.connection.helo)
+    auth_user = property(lambda self: self.connection.auth_user)
+    listener = property(lambda self: self.connection.listener)
+    tls = property(lambda self: self.connection.tls)
+    hostname = property(lambda self: self.connection.hostname)
 
     @property
-    def helo(self):
-        return self.session.helo
+    def outbound(self):
+        """Submitted mail: an authenticated client or one in [smtp] mynetworks."""
+        return bool(self.auth_user) or self.session._trusted()
 
     @property
-    def auth_user(self):
-        return self.session.account.name if self.session.account else ""
+    def message_path(self):
+        """The spool file with the whole message as stored (trace headers first); from DATA on."""
+        return self.spool.path if self.spool is not None else None
+
+    @property
+    def size(self):
+        return self.spool.size if self.spool is not None else 0
+
+    def open_message(self):
+        """The message (from DATA on) as a binary file; blocking reads: use it in a thread
+        (services.run_blocking) unless it is small."""
+        return open(self.spool.path, "rb")
 
     @property
     def headers(self):
@@ -109,6 +169,8 @@ class ESMTPServer(smtp.ESMTP):
         self.account = None
         self.txn = None
         self.client_ip = "?"
+        self.client_port = 0
+        self.connection = Connection(self)
         self._counted = False
         self._bad_commands = 0
         self._auth_failures = 0
@@ -119,6 +181,7 @@ class ESMTPServer(smtp.ESMTP):
     def connectionMade(self):
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", str(peer))
+        self.client_port = getattr(peer, "port", 0)
         if hasattr(self.transport, "setTcpNoDelay"):
             try:
                 self.transport.setTcpNoDelay(True)
@@ -134,6 +197,18 @@ class ESMTPServer(smtp.ESMTP):
         self.canStartTLS = (ITLSTransport.providedBy(self.transport) and self.ctx is not None
                             and not self.secure)
         self.setTimeout(self.settings["command_timeout"])
+        if Stage.CONNECT in self.factory.filters.stages:
+            self._run(self._greet())
+        else:
+            self.reply(220, None, self.settings["banner"])
+
+    async def _greet(self):
+        verdict = await self._filters(Stage.CONNECT, self.connection)
+        if verdict is not None:
+            self.reply(verdict.code, verdict.enhanced, verdict.text)
+            self._buffer = b""
+            self.transport.loseConnection()
+            return
         self.reply(220, None, self.settings["banner"])
 
     def connectionLost(self, reason):
@@ -295,6 +370,13 @@ class ESMTPServer(smtp.ESMTP):
         arg = arg.split()[0]
         self._end_transaction(verb)
         self.helo, self.esmtp = arg, esmtp
+        if Stage.HELO in self.factory.filters.stages:
+            conn = self.connection
+            conn.filter_results = conn.connect_results.copy()    # a new EHLO replaces the last one's
+            verdict = await self._filters(Stage.HELO, conn)
+            if verdict is not None:
+                self.helo = None
+                raise SMTPReplyError(verdict.code, verdict.enhanced, verdict.text)
         greeting = f"{self.factory.hostname} Hello {arg} [{self._ip_literal()}]"
         if not esmtp:
             return self.reply(250, None, greeting)
@@ -330,6 +412,7 @@ class ESMTPServer(smtp.ESMTP):
         self.transport.startTLS(self.ctx)
         self.secure = self.startedTLS = True
         self.helo, self.esmtp, self.account = None, False, None
+        self.connection.filter_results = self.connection.connect_results
         self._end_transaction("STARTTLS")
 
     async def smtp_NOOP(self, arg):
@@ -575,7 +658,9 @@ class ESMTPServer(smtp.ESMTP):
         if await self._rcpt_over_quota(resolution, max(txn.declared_size or 0, 1)):
             return 452, "4.2.2", f"<{address}>: Mailbox full"
         txn.recipients.append((address, resolution))
+        txn.recipient = address
         verdict = await self._filters(Stage.RCPT)
+        txn.recipient = None
         if verdict is not None:
             txn.recipients.pop()
             return verdict.code, verdict.enhanced, verdict.text
@@ -644,7 +729,7 @@ class ESMTPServer(smtp.ESMTP):
                       "started": time.monotonic()}
         txn.queue_id = new_queue_id()
         txn.spool = SpoolFile(self.factory.spool_dir, txn.queue_id)
-        txn.spool.write(self._trace_headers(txn))
+        txn.spool.write_trace(self._trace_headers(txn))
         self.mode = _DATA
         self.setTimeout(self.settings["data_timeout"])
         self.reply(354, None, "End data with <CR><LF>.<CR><LF>")
@@ -790,26 +875,46 @@ class ESMTPServer(smtp.ESMTP):
             failure = (550, "5.6.0", f"Message contains a line longer than {self.settings['max_line_length']} octets")
         elif state["hops"] + 1 > self.settings["max_hops"]:
             failure = (554, "5.4.6", "Too many hops: mail loop detected")
-        if failure is None:
-            verdict = await self._filters(Stage.DATA, txn)
-            if verdict is not None:
-                failure = (verdict.code, verdict.enhanced, verdict.text)
+        chain = self.factory.filters
+        if failure is None and (Stage.DATA in chain.stages or Stage.OUTBOUND in chain.stages):
+            txn.spool.flush()       # filters read the file
+            for stage in (Stage.DATA, Stage.OUTBOUND):
+                if stage == Stage.OUTBOUND and not txn.outbound:
+                    continue
+                verdict = await self._filters(stage, txn)
+                if verdict is not None:
+                    failure = (verdict.code, verdict.enhanced, verdict.text)
+                    break
         if failure is None:
             failure = await self._data_over_quota(txn, state["size"])
         if failure is not None:
             outcome = "tempfail" if failure[0] < 500 else "rejected"
             self._log_transaction(f"{outcome} {failure[0]} {failure[1]}", txn, state["size"])
             return self.reply(*failure)
+        disposition = chain.disposition(txn)
         envelope = Envelope(txn.queue_id, txn.sender, txn.recipients, self.client_ip, self.helo,
-                            txn.auth_user, txn.smtputf8, ret=txn.ret, envid=txn.envid, dsn=txn.dsn)
+                            txn.auth_user, txn.smtputf8, ret=txn.ret, envid=txn.envid, dsn=txn.dsn,
+                            junk=disposition.junk)
+        if disposition.action == Action.DISCARD:
+            self._log_transaction(f"discarded ({'; '.join(disposition.reasons)})", txn, state["size"])
+            return self.reply(250, "2.0.0", f"Ok: queued as {txn.queue_id}")
         try:
-            await self.factory.services.run_blocking(txn.spool.commit)
-            await self.factory.delivery.deliver(envelope, txn.spool.path)
+            forged = re.search(rb"(?im)^authentication-results[ \t]*:", txn.headers_raw)
+            await self.factory.services.run_blocking(txn.spool.commit, disposition.header_block,
+                                                     self.factory.hostname if forged else None)
+            if disposition.action == Action.QUARANTINE:
+                await self.factory.quarantine.keep(envelope, txn.spool.path, disposition.reasons)
+            else:
+                await self.factory.delivery.deliver(envelope, txn.spool.path)
         except Exception:
             self.log.failure("smtp delivery failed id={id}", id=txn.queue_id)
             self._log_transaction("tempfail 451 4.3.0 delivery failed", txn, state["size"])
             return self.reply(451, "4.3.0", "Error: local delivery failed; try again later")
-        self._log_transaction("accepted", txn, state["size"])
+        if disposition.action == Action.QUARANTINE:
+            result = f"quarantined ({'; '.join(disposition.reasons)})"
+        else:
+            result = "accepted to Junk" if disposition.junk else "accepted"
+        self._log_transaction(result, txn, state["size"])
         self.reply(250, "2.0.0", f"Ok: queued as {txn.queue_id}")
 
     # --- quota (kept together with jdmail/store; see jdmail/store/folders.py) ------------------
@@ -880,7 +985,7 @@ class ESMTPServer(smtp.ESMTP):
     async def _filters(self, stage, txn=None):
         """Run the filter chain; return a refusing Verdict or None to go on."""
         chain = self.factory.filters
-        if not chain:
+        if stage not in chain.stages:
             return None
         verdict = await chain.run(stage, txn or self.txn)
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
@@ -912,7 +1017,8 @@ class SMTPFactory(protocol.ServerFactory):
 
     noisy = False
 
-    def __init__(self, services, listener, counter, delivery, filters, portal, tls_context, reactor):
+    def __init__(self, services, listener, counter, delivery, filters, portal, tls_context, reactor,
+                 quarantine=None):
         self.services = services
         self.settings = services.config["smtp"]
         self.auth = services.config["auth"]
@@ -922,6 +1028,7 @@ class SMTPFactory(protocol.ServerFactory):
         self.counter = counter
         self.delivery = delivery
         self.filters = filters
+        self.quarantine = quarantine
         self.portal = portal
         self.tls_context = tls_context
         self.reactor = reactor

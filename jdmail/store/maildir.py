@@ -353,24 +353,27 @@ class MaildirStore:
             return st.used()
         return await st.call(work)
 
-    async def deliver(self, mailboxes, path):
+    async def deliver(self, mailboxes, path, folders=None):
+        """``folders`` ({mailbox: folder name}, default INBOX) delivers into existing
+        other folders, e.g. the Junk folder (jdmail.delivery.local finds or makes it)."""
         mailboxes = list(dict.fromkeys(mailboxes))
         if not mailboxes:
             return
-        await self._services.run_blocking(self._deliver_sync, mailboxes, path)
+        folders = folders or {}
+        await self._services.run_blocking(self._deliver_sync, mailboxes, path, folders)
         for key in mailboxes:
             st = self._accounts.get(key)
-            inbox = st.folders.get("INBOX") if st is not None else None
-            if inbox is not None:
-                inbox.delivered()
+            f = st.folders.get(folders.get(key, "INBOX")) if st is not None else None
+            if f is not None:
+                f.delivered()
 
-    def _deliver_sync(self, mailboxes, path):
+    def _deliver_sync(self, mailboxes, path, folders=None):
         size = os.stat(path).st_size
         made = []
         try:
             new_dirs = []
             for key in mailboxes:
-                maildir = self.maildir_path(key)
+                maildir = self.maildir_path(key, (folders or {}).get(key, "INBOX"))
                 self._ensure_maildir(maildir)
                 made.append(self._place(path, maildir, size))
                 new_dirs.append(os.path.join(maildir, "new"))
