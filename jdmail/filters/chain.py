@@ -201,7 +201,8 @@ class FilterChain:
             tests = []
             for name, _points, names in results.scores:
                 tests.extend(names or [name])
-            tests.extend(n for n in results.spam if n not in tests)
+            scored = {name for name, _points, _names in results.scores}
+            tests.extend(n for n in results.spam if n not in scored and n not in tests)
             if tagged:
                 out.append(render_header("X-Spam-Flag", "YES"))
             out.append(render_header("X-Spam-Score", f"{total:.1f}"))

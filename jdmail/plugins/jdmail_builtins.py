@@ -2,10 +2,16 @@
 
 from jdmail.directory.ldap import LDAPDirectoryFactory
 from jdmail.directory.sqlite import SQLiteDirectoryFactory
+from jdmail.filters.attachments import AttachmentsFilterFactory
 from jdmail.filters.bayes import BayesFilterFactory
+from jdmail.filters.clamav import ClamAVFilterFactory
+from jdmail.filters.spamassassin import SpamAssassinFilterFactory
 from jdmail.store.maildir import MaildirStoreFactory
 
 sqliteDirectory = SQLiteDirectoryFactory()
 ldapDirectory = LDAPDirectoryFactory()
 maildirStore = MaildirStoreFactory()
 bayesFilter = BayesFilterFactory()
+clamavFilter = ClamAVFilterFactory()
+spamassassinFilter = SpamAssassinFilterFactory()
+attachmentsFilter = AttachmentsFilterFactory()
