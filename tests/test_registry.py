@@ -221,11 +221,11 @@ class UnknownAndBrokenTests(RegistryTestMixin, unittest.TestCase):
     def test_unknown_type_names_the_type_key(self):
         path = self.write_ini("""\
             [filter:spam]
-            type = spamassassin
+            type = rspamd
             """)
         errors = self.load_errors(path)
         self.assertEqual(len(errors), 1)
-        self.assertTrue(errors[0].startswith(f"{path}: [filter:spam] type 'spamassassin': no filter plugin "
+        self.assertTrue(errors[0].startswith(f"{path}: [filter:spam] type 'rspamd': no filter plugin "
                                              "has that name (available: "), errors[0])
 
     def test_unknown_directory_type_lists_available(self):
