@@ -9,7 +9,6 @@ HEADER + TEXT is the message, HEADER.FIELDS ends with the blank line.
 import os
 import random
 import re
-import time
 
 from twisted.trial import unittest
 
@@ -696,11 +695,13 @@ class RobustnessTests(unittest.TestCase):
         # minutes when every part scanned the rest of the message.
         data = (b"Content-Type: multipart/mixed; boundary=X\r\n\r\n" + b"--X\r\nA: b\r\n" * 5000
                 + b"--X\r\n\r\n" + b"x" * 4000000 + b"\r\n--X--\r\n")
-        start = time.perf_counter()
+        # No timing assertion (tests never assert on timing): a quadratic scan here takes
+        # many minutes, which the test's timeout below turns into a failure.
         ms = MessageStructure.parse(data)
-        self.assertLess(time.perf_counter() - start, 3.0)
         self.assertEqual(len(ms.children), 5001)
         self.assertEqual(ms.section(data, "1.MIME"), b"A: b")
+
+    test_header_only_parts_before_a_big_body.timeout = 300
 
     def test_many_parts(self):
         data = (b"Content-Type: multipart/mixed; boundary=p\r\n\r\n"
