@@ -146,8 +146,10 @@ class TrainOnMoveTests(unittest.TestCase):
         await deferToThread(out_of_junk)
         self.assertEqual(await deferToThread(wait_for, lambda: totals(server) == (0, 1)), True,
                          server.read_log()[-3000:])
-        self.assertIn("bayes bayes: trained 1 of 1 message(s) as ham user=bob@example.org from=Junk to=INBOX",
-                      server.read_log())
+        line = "bayes bayes: trained 1 of 1 message(s) as ham user=bob@example.org from=Junk to=INBOX"
+        # the log line is written after the token counts are committed: wait for it too
+        self.assertTrue(await deferToThread(wait_for, lambda: line in server.read_log()),
+                        server.read_log()[-3000:])
 
     async def test_copy_into_junk_trains_and_other_folders_do_not(self):
         server = self.server
