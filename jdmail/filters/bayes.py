@@ -1,8 +1,13 @@
 """The bayes filter: jdmail's own Bayesian classifier (jdmail.bayes) at the DATA stage.
 
-It scores every message, reports the score and spam/ham/unsure in headers, and
-acts on spam as ``on_spam`` says. Building it also registers train-on-move for
-the IMAP server (``train_on_move``).
+Every message gets an ``X-Spam-Bayes`` header (spam/ham/unsure, the score in [0, 1],
+how many tokens counted, whose table) and adds points to the transaction's spam
+score: ``spam_points`` for spam, ``ham_points`` (negative) for ham, none for unsure
+(the X-Spam-Status test names are BAYES_SPAM, BAYES_HAM, BAYES_UNSURE). Spam is then
+tagged (X-Spam-Flag, the Junk folder with ``[filters] junk_tagged``), quarantined
+(``quarantine = junk`` or ``central``), rejected, or only scored, as ``on_spam``
+says. Building the filter also registers train-on-move for the IMAP server
+(``train_on_move``).
 """
 
 from twisted.logger import Logger
@@ -12,7 +17,8 @@ from jdmail.bayes.classifier import Params
 from jdmail.bayes.learner import JunkLearner
 from jdmail.bayes.store import StoreError, check_database
 from jdmail.errors import ConfigError
-from jdmail.interfaces import Action, IFilter, IFilterFactory, Option, Stage, Verdict
+from jdmail.filters.chain import SPAM_TEXT
+from jdmail.interfaces import IFilter, IFilterFactory, Option, Stage, Verdict
 
 __all__ = ["BayesFilter", "BayesFilterFactory", "MAX_BYTES"]
 
@@ -27,6 +33,13 @@ def _fraction(text):
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{text.strip()!r}: expected a number from 0 to 1, such as 0.9")
     return value
+
+
+def _points(text):
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text.strip()!r}: expected a number such as 3.5 or -1") from None
 
 
 def _database(text):
@@ -49,8 +62,12 @@ OPTIONS = {
                           help="a score at or above this is spam; between the two: unsure"),
     "min_trained": Option.int(default=20, help="spam and ham messages each a table needs before it is used"),
     "bigrams": Option.bool(default=False, help="also weigh pairs of adjacent words (slower; see bench/README.md)"),
-    "on_spam": Option.choice(("tag", "quarantine", "reject"), default="tag",
-                             help="what spam gets: tag (headers only), quarantine, or reject (550)"),
+    "on_spam": Option.choice(("score", "tag", "quarantine", "reject"), default="tag",
+                             help="what spam gets: score (only spam_points), tag (X-Spam-Flag; Junk with "
+                                  "[filters] junk_tagged), quarantine (where this section's quarantine says), "
+                                  "or reject (550 5.7.1)"),
+    "spam_points": Option("number", _points, default=3.5, help="added to the spam score of spam"),
+    "ham_points": Option("number", _points, default=-1.0, help="added to the spam score of ham (negative lowers it)"),
     "train_on_move": Option.bool(default=True,
                                  help="train spam when a user moves mail into Junk over IMAP, ham when out of it"),
 }
@@ -63,21 +80,28 @@ class BayesFilter:
     stages = frozenset({Stage.DATA})
     log = Logger()
 
-    def __init__(self, name, engine, on_spam):
+    def __init__(self, name, engine, on_spam, points):
         self.name = name
         self.engine = engine
         self.on_spam = on_spam
+        self.points = points            # {"spam": x, "ham": y, "unsure": 0.0}
 
     async def check(self, stage, txn):
         data = await self.engine.services.run_blocking(_read_message, txn)
         score = await self.engine.score(data, _single_user(txn))
-        headers = (("X-Spam-Bayes", _describe(score)),)
-        reason = f"bayes score {score.value:.4f} {score.label}"
-        if score.label == "spam" and self.on_spam == "reject":
-            return Verdict.reject("Message rejected under suspicion of spam", reason=reason)
-        if score.label == "spam" and self.on_spam == "quarantine":
-            return Verdict(Action.QUARANTINE, headers=headers, reason=reason)
-        return Verdict.add_headers(*headers, reason=reason if score.label == "spam" else "")
+        header = ("X-Spam-Bayes", _describe(score))
+        if not score.trained:
+            return Verdict.add_headers(header, reason="bayes: not trained yet")
+        kw = dict(headers=(header,), score=self.points[score.label],
+                  tests=(f"BAYES_{score.label.upper()}",),
+                  reason=f"bayes {score.label} {score.value:.4f} table={score.owner or 'global'}")
+        if score.label != "spam" or self.on_spam == "score":
+            return Verdict(**kw)
+        if self.on_spam == "reject":
+            return Verdict.reject(SPAM_TEXT, code=550, enhanced="5.7.1", **kw)
+        if self.on_spam == "quarantine":
+            return Verdict.quarantine(spam=True, **kw)
+        return Verdict(spam=True, **kw)
 
 
 def _describe(score):
@@ -88,7 +112,7 @@ def _describe(score):
 
 
 def _read_message(txn):
-    with open(txn.spool.path, "rb") as f:
+    with open(txn.message_path, "rb") as f:
         return f.read(MAX_BYTES)
 
 
@@ -119,7 +143,8 @@ class BayesFilterFactory:
             raise ConfigError(str(e), path, section, "database") from None
         if settings["train_on_move"]:
             services.extra.setdefault("junk_learners", []).append(JunkLearner(engine, name))
-        return BayesFilter(name, engine, settings["on_spam"])
+        points = {"spam": settings["spam_points"], "ham": settings["ham_points"], "unsure": 0.0}
+        return BayesFilter(name, engine, settings["on_spam"], points)
 
 
 def params(settings):

@@ -1,7 +1,9 @@
-"""Bayes against the real server: jdmailctl bayes train on a Maildir and an mbox, and
-train-on-move over IMAP (imapclient MOVE/COPY into and out of Junk)."""
+"""Bayes against the real server: jdmailctl bayes train on a Maildir and an mbox,
+train-on-move over IMAP (imapclient MOVE/COPY into and out of Junk), and the filter over SMTP."""
 
 import os
+import random
+import smtplib
 import sqlite3
 import time
 
@@ -10,7 +12,7 @@ from twisted.trial import unittest
 
 from tests.e2e import unverified_context
 from tests.fixtures.server import running_server
-from tests.fixtures.spamham import corpus
+from tests.fixtures.spamham import corpus, message
 
 BOB, PASSWORD = "bob@example.org", "secret"
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -192,3 +194,82 @@ class TrainingFailureTests(unittest.TestCase):
         self.assertEqual(await deferToThread(move), (0, 1))
         logged = await deferToThread(wait_for, lambda: "training from an IMAP move failed" in server.read_log())
         self.assertTrue(logged, server.read_log()[-3000:])
+
+
+def _trained_server(testcase, extra=""):
+    """A server with bayes in the chain, trained by jdmailctl on a generated corpus."""
+    server = bayes_server(testcase, extra)
+    base = os.path.abspath(testcase.mktemp())
+    paths = {}
+    for label in ("spam", "ham"):
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(base, label, sub))
+        paths[label] = os.path.join(base, label)
+    for n, (raw, is_spam) in enumerate(corpus(seed=31, spam=20, ham=20)):
+        with open(os.path.join(paths["spam" if is_spam else "ham"], "new", f"{n}.gen"), "wb") as f:
+            f.write(raw)
+    server.ctl("bayes", "train", "--spam", paths["spam"], "--ham", paths["ham"])
+    return server
+
+
+def _send(server, raw):
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as s:
+        return s.sendmail("sender@elsewhere.test", [BOB], raw)
+
+
+def _stored(server, folder):
+    base = server.maildir(BOB) if folder == "INBOX" else os.path.join(server.maildir(BOB), "." + folder)
+    out = []
+    for sub in ("new", "cur"):
+        d = os.path.join(base, sub)
+        if os.path.isdir(d):
+            for name in sorted(os.listdir(d)):
+                with open(os.path.join(d, name), "rb") as f:
+                    out.append(f.read())
+    return out
+
+
+def _header(raw, name):
+    import email
+    return email.message_from_bytes(raw).get(name)
+
+
+class FilterTests(unittest.TestCase):
+    """The bayes filter over SMTP: spam tagged into Junk, ham to the INBOX, headers."""
+
+    async def test_spam_tagged_into_junk_and_ham_in_inbox(self):
+        server = await deferToThread(_trained_server, self)
+        rng = random.Random(32)
+        spam, ham = message(rng, True, 900), message(rng, False, 901)
+        await deferToThread(_send, server, spam)
+        await deferToThread(_send, server, ham)
+        junk, inbox = _stored(server, "Junk"), _stored(server, "INBOX")
+        self.assertEqual((len(junk), len(inbox)), (1, 1), server.read_log()[-3000:])
+        self.assertRegex(_header(junk[0], "X-Spam-Bayes"), r"^spam; score=(0\.9\d+|1\.0000); tokens=\d+; table=global$")
+        self.assertEqual(_header(junk[0], "X-Spam-Flag"), "YES")
+        self.assertIn("BAYES_SPAM", _header(junk[0], "X-Spam-Status"))
+        self.assertRegex(_header(inbox[0], "X-Spam-Bayes"), r"^ham; score=0\.0\d*; tokens=\d+; table=global$")
+        self.assertIn("BAYES_HAM", _header(inbox[0], "X-Spam-Status"))
+        self.assertIsNone(_header(inbox[0], "X-Spam-Flag"))
+
+    async def test_reject_and_untrained(self):
+        server = await deferToThread(bayes_server, self, "on_spam = reject")
+        rng = random.Random(33)
+        await deferToThread(_send, server, message(rng, False, 902))
+        self.assertEqual(_header(_stored(server, "INBOX")[0], "X-Spam-Bayes"), "untrained")
+        base = os.path.abspath(self.mktemp())
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(base, sub))
+        for n, (raw, is_spam) in enumerate(corpus(seed=34, spam=20, ham=0)):
+            with open(os.path.join(base, "new", f"{n}.gen"), "wb") as f:
+                f.write(raw)
+        mbox = os.path.join(base, "ham.mbox")
+        with open(mbox, "wb") as f:
+            for raw, _ in corpus(seed=35, spam=0, ham=20):
+                f.write(b"From x@y Mon Jan  1 00:00:00 2024\n" + raw.replace(b"\r\n", b"\n") + b"\n")
+        server.ctl("bayes", "train", "--spam", base, "--ham", mbox)
+        with self.assertRaises(smtplib.SMTPDataError) as cm:
+            await deferToThread(_send, server, message(rng, True, 903))
+        self.assertEqual(cm.exception.smtp_code, 550)
+        self.assertIn(b"5.7.1", cm.exception.smtp_error)
+        self.assertEqual(len(_stored(server, "INBOX")), 1)
