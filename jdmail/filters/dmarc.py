@@ -10,7 +10,10 @@ domain comes from the Public Suffix List bundled with ``publicsuffixlist`` (no n
 import random
 from dataclasses import dataclass
 
-from jdmail.filters.dnsutil import TemporaryDNSError
+from zope.interface import implementer
+
+from jdmail.filters.dnsutil import TemporaryDNSError, async_dns_for, trusted_client
+from jdmail.interfaces import AuthResult, IFilter, IFilterFactory, Option, Stage, Verdict
 
 _psl = None
 
@@ -73,10 +76,10 @@ class DMARCResult:
     reason: str = ""
 
     def auth_result(self):
-        """The ``dmarc=`` method result for Authentication-Results."""
-        if self.result in ("pass", "fail"):
-            return f"dmarc={self.result} (p={self.policy} dis={self.disposition}) header.from={self.from_domain}"
-        return f"dmarc={self.result} header.from={self.from_domain or 'unknown'}"
+        """The ``dmarc=`` method result for Authentication-Results, an AuthResult (the
+        policy and disposition go in the reason, as ``p=reject dis=none``)."""
+        reason = f"p={self.policy} dis={self.disposition}" if self.result in ("pass", "fail") else ""
+        return AuthResult("dmarc", self.result, reason, (("header.from", self.from_domain or "unknown"),))
 
 
 def aligned(domain, author_domain, mode):
@@ -147,3 +150,73 @@ def author_domain(from_header):
     if len(addresses) != 1 or "@" not in addresses[0]:
         return ""
     return addresses[0].rpartition("@")[2].strip().rstrip(">").lower()
+
+
+# --- the filter ------------------------------------------------------------------------------
+
+def _spf_from(auth_results):
+    """The SPF result earlier filters recorded (an SPFResult-like value), or None."""
+    from jdmail.filters.spf import SPFResult
+    for r in auth_results:
+        if r.method == "spf":
+            props = dict(r.properties)
+            if "smtp.mailfrom" in props:
+                return SPFResult(r.result, "mailfrom", props["smtp.mailfrom"].rpartition("@")[2].lower(),
+                                 sender=props["smtp.mailfrom"])
+            return SPFResult(r.result, "helo", props.get("smtp.helo", "").lower(), helo=props.get("smtp.helo", ""))
+    return None
+
+
+def _dkim_from(auth_results):
+    from jdmail.filters.dkim import DKIMResult
+    out = []
+    for r in auth_results:
+        if r.method == "dkim":
+            props = dict(r.properties)
+            out.append(DKIMResult(r.result, props.get("header.d", "").lower(), props.get("header.s", "")))
+    return out
+
+
+@implementer(IFilter)
+class DMARCFilter:
+    """At DATA, after the spf and dkim filters in the chain (it reads their
+    Authentication-Results), applies the From domain's DMARC policy: p=reject refuses
+    (550 5.7.1), p=quarantine quarantines, p=none only records ``dmarc=``."""
+
+    def __init__(self, name, dns, on_reject="reject", on_quarantine="quarantine", rand=random.random):
+        self.name, self.dns, self.rand = name, dns, rand
+        self.on_reject, self.on_quarantine = on_reject, on_quarantine
+        self.stages = frozenset({Stage.DATA})
+
+    async def check(self, stage, txn):
+        if trusted_client(txn):
+            return Verdict.CONTINUE
+        earlier = tuple(getattr(txn.filter_results, "auth_results", ()))
+        domain = author_domain(txn.headers.get("From", "") if txn.headers is not None else "")
+        result = await evaluate_dmarc(domain, _spf_from(earlier), _dkim_from(earlier), self.dns, self.rand)
+        kw = dict(auth_results=(result.auth_result(),), reason=f"dmarc={result.result} from={domain or '-'} "
+                  f"policy={result.policy} disposition={result.disposition}: {result.reason}")
+        action = {"reject": self.on_reject, "quarantine": self.on_quarantine}.get(result.disposition, "continue")
+        if action == "reject":
+            return Verdict.reject("Message rejected: it fails the DMARC policy of its From domain",
+                                  code=550, enhanced="5.7.1", **kw)
+        if action == "quarantine":
+            return Verdict.quarantine(**kw)
+        if action == "tag":
+            return Verdict(spam=True, tests=("DMARC_" + result.disposition.upper(),), **kw)
+        return Verdict(**kw)
+
+
+@implementer(IFilterFactory)
+class DMARCFilterFactory:
+    kind = "dmarc"
+    description = "Apply the From domain's DMARC policy (RFC 7489) to the SPF and DKIM results."
+    options = {
+        "on_reject": Option.choice(("reject", "quarantine", "tag", "continue"), default="reject",
+                                   help="what a failing message under p=reject gets"),
+        "on_quarantine": Option.choice(("quarantine", "tag", "continue"), default="quarantine",
+                                       help="what a failing message under p=quarantine gets"),
+    }
+
+    def build(self, name, settings, services):
+        return DMARCFilter(name, async_dns_for(services), settings["on_reject"], settings["on_quarantine"])

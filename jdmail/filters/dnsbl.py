@@ -12,7 +12,11 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from jdmail.filters.dnsutil import TemporaryDNSError, client_address, reverse_name
+from zope.interface import implementer
+
+from jdmail.interfaces import IFilter, IFilterFactory, Option, Stage, Verdict
+
+from jdmail.filters.dnsutil import TemporaryDNSError, async_dns_for, client_address, reverse_name, trusted_client
 
 _SPEC = re.compile(r"^(?P<zone>[A-Za-z0-9._-]+?)(?:=(?P<codes>[0-9.;]+))?(?:\*(?P<weight>-?\d+(?:\.\d+)?))?$")
 
@@ -130,3 +134,78 @@ def _looks_like_domain(name):
         return False
     except ValueError:
         return True
+
+
+# --- the filter ------------------------------------------------------------------------------
+
+
+@implementer(IFilter)
+class DNSBLFilter:
+    """Refuses (``action = reject``, at RCPT, 554 5.7.1 naming the list) or scores
+    (``action = score``, at DATA) clients listed in DNS blocklists, unless an allowlist
+    lists them. Authenticated and mynetworks clients are not looked up."""
+
+    def __init__(self, name, checker, action="reject", threshold=1.0, check_helo=True, check_sender=True):
+        self.name, self.checker, self.action = name, checker, action
+        self.threshold, self.check_helo, self.check_sender = threshold, check_helo, check_sender
+        self.stages = frozenset({Stage.RCPT} if action == "reject" else {Stage.DATA})
+
+    async def _result(self, txn):
+        notes = txn.filter_results.notes
+        if self.name not in notes:
+            domains = []
+            if self.check_helo and getattr(txn, "helo", None):
+                domains.append(txn.helo)
+            if self.check_sender and getattr(txn, "sender", ""):
+                domains.append(txn.sender.rpartition("@")[2])
+            notes[self.name] = await self.checker.check(txn.client_ip, domains)
+        return notes[self.name]
+
+    async def check(self, stage, txn):
+        if trusted_client(txn):
+            return Verdict.CONTINUE
+        result = await self._result(txn)
+        if result.allowed_by:
+            return Verdict(reason=f"allowlisted by {result.allowed_by}")
+        if not result.listings:
+            return Verdict(reason="; ".join(result.errors)) if result.errors else Verdict.CONTINUE
+        why = "; ".join(f"{item.subject} listed by {item.dnslist.zone} ({','.join(item.answers)})"
+                        + (f": {item.reason}" if item.reason else "") for item in result.listings)
+        if self.action == "score":
+            tests = tuple("DNSBL_" + item.dnslist.zone.upper().replace(".", "_").replace("-", "_")
+                          for item in result.listings)
+            return Verdict(score=result.score, tests=tests, reason=why)
+        if result.score < self.threshold:
+            return Verdict(reason=f"below threshold {result.score:g} < {self.threshold:g}: {why}")
+        first = result.listings[0]
+        what = f"client [{first.subject}]" if first.dnslist in self.checker.ip_lists else f"domain {first.subject}"
+        return Verdict.reject(f"Service unavailable; {what} blocked using {first.dnslist.zone}",
+                              code=554, enhanced="5.7.1", reason=why)
+
+
+def _list_option(help):
+    return Option("list", lambda t: [DNSList.parse(v) for v in t.split(",") if v.strip()], [], False, help)
+
+
+@implementer(IFilterFactory)
+class DNSBLFilterFactory:
+    kind = "dnsbl"
+    description = "Refuse or score clients and domains listed in DNS blocklists (RFC 5782); allowlists skip them."
+    options = {
+        "ip_lists": _list_option("IP blocklists: ZONE, ZONE*WEIGHT or ZONE=127.0.0.N;127.0.0.M*WEIGHT"),
+        "domain_lists": _list_option("domain blocklists asked for the HELO name and the sender's domain "
+                                     "(same forms)"),
+        "allowlists": _list_option("IP allowlists (RWL): a client listed in one is not looked up in the "
+                                   "blocklists"),
+        "action": Option.choice(("reject", "score"), default="reject",
+                                help="reject: 554 5.7.1 at RCPT; score: add the weights to the spam score"),
+        "threshold": Option.float(default=1.0, help="with action = reject: the summed weight that refuses"),
+        "check_helo": Option.bool(default=True, help="ask the domain lists about the HELO name"),
+        "check_sender": Option.bool(default=True, help="ask the domain lists about the sender's domain"),
+    }
+
+    def build(self, name, settings, services):
+        checker = DNSBLChecker(async_dns_for(services), settings["ip_lists"], settings["domain_lists"],
+                               settings["allowlists"])
+        return DNSBLFilter(name, checker, settings["action"], settings["threshold"],
+                           settings["check_helo"], settings["check_sender"])

@@ -136,3 +136,19 @@ def client_address(ip):
     if address.version == 6 and address.ipv4_mapped:
         return address.ipv4_mapped
     return address
+
+
+def async_dns_for(services):
+    """An AsyncDNS on the ``[dns] servers`` of ``services.config``."""
+    return AsyncDNS(twisted_resolver(servers_from_config(getattr(services, "config", None))))
+
+
+def blocking_resolver_for(services, timeout=5.0):
+    """A dnspython Resolver on the ``[dns] servers`` of ``services.config``."""
+    return blocking_resolver(servers_from_config(getattr(services, "config", None)), timeout)
+
+
+def trusted_client(txn):
+    """True for mail the antispam checks leave alone: an authenticated client, or one in
+    ``[smtp] mynetworks`` (``txn.outbound``, known from MAIL on)."""
+    return bool(getattr(txn, "auth_user", "")) or bool(getattr(txn, "outbound", False))

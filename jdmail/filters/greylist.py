@@ -12,9 +12,13 @@ does not.
 """
 
 import ipaddress
+import os
 from dataclasses import dataclass
 
-from jdmail.filters.dnsutil import client_address
+from zope.interface import implementer
+
+from jdmail.filters.dnsutil import client_address, trusted_client
+from jdmail.interfaces import IFilter, IFilterFactory, Option, Stage, Verdict
 
 GREYLIST_TEXT = "Greylisted: mail from new senders is delayed here; please try again in a few minutes"
 
@@ -89,3 +93,60 @@ class Greylist:
             return
         self._last_cleanup = now
         await self.run_blocking(self.store.expire, now - self.expiry, now - self.expiry)
+
+
+# --- the filter ------------------------------------------------------------------------------
+
+@implementer(IFilter)
+class GreylistFilter:
+    """Answers 451 4.7.1 at RCPT for a triplet not seen before; authenticated and
+    mynetworks clients are never greylisted."""
+
+    def __init__(self, name, greylist):
+        self.name, self.greylist = name, greylist
+        self.stages = frozenset({Stage.RCPT})
+
+    async def check(self, stage, txn):
+        if trusted_client(txn):
+            return Verdict.CONTINUE
+        decision = await self.greylist.check(txn.client_ip, txn.sender, txn.recipient)
+        if decision.allow:
+            return Verdict(reason=decision.why)
+        return Verdict.tempfail(GREYLIST_TEXT, code=451, enhanced="4.7.1", reason=decision.why)
+
+
+def open_store(services):
+    """The GreylistStore in the directory's database: the directory's own connection when
+    it offers one (``dbapi_connection()`` -> (connection, paramstyle)), the SQLite
+    directory's file, else ``<datadir>/greylist.sqlite``."""
+    from jdmail.filters.greylist_store import GreylistStore, open_sqlite
+    directory = getattr(services, "directory", None)
+    offer = getattr(directory, "dbapi_connection", None)
+    if offer is not None:
+        connection, paramstyle = offer()
+        return GreylistStore(connection, paramstyle)
+    path = getattr(directory, "path", None)
+    if not (isinstance(path, str) and path.endswith(".sqlite")):
+        path = os.path.join(services.datadir, "greylist.sqlite")
+    return GreylistStore(open_sqlite(path))
+
+
+@implementer(IFilterFactory)
+class GreylistFilterFactory:
+    kind = "greylist"
+    description = "Delay mail from new (client /24 or /64, sender, recipient) triplets with 451 4.7.1."
+    options = {
+        "delay": Option.duration(default=300.0, help="how long a new triplet is refused before a retry passes"),
+        "retry_window": Option.duration(default=2 * 86400.0, help="a triplet not retried within this "
+                                                                  "(after the delay) starts over"),
+        "expiry": Option.duration(default=35 * 86400.0, help="triplets and allowlisted clients unseen "
+                                                             "this long are forgotten"),
+        "auto_allow_after": Option.int(default=5, help="a client network that passed this many triplets "
+                                                       "is no longer greylisted; 0 = never"),
+    }
+
+    def build(self, name, settings, services):
+        greylist = Greylist(open_store(services), services.reactor, services.run_blocking,
+                            settings["delay"], settings["retry_window"], settings["expiry"],
+                            settings["auto_allow_after"])
+        return GreylistFilter(name, greylist)

@@ -10,7 +10,10 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from jdmail.filters.dnsutil import TemporaryDNSError
+from zope.interface import implementer
+
+from jdmail.filters.dnsutil import TemporaryDNSError, async_dns_for, trusted_client
+from jdmail.interfaces import IFilter, IFilterFactory, Option, Stage, Verdict
 
 _LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 
@@ -101,3 +104,69 @@ def _bare_ip(name):
         return ipaddress.ip_address(name)
     except ValueError:
         return None
+
+
+# --- the filter ------------------------------------------------------------------------------
+
+@implementer(IFilter)
+class HeloFilter:
+    """Refuses bad HELO names at HELO, or (``delay_reject``, the default, as Postfix's
+    smtpd_delay_reject) at each RCPT, so authenticated and mynetworks clients -- laptops
+    that say ``EHLO mylaptop`` -- are known and spared, and the log shows the recipient."""
+
+    def __init__(self, name, dns, hostname, local_addresses=(), require_fqdn=True, reject_self=True,
+                 require_dns=False, delay_reject=True):
+        self.name, self.dns, self.hostname = name, dns, hostname
+        self.local_addresses = list(local_addresses)
+        self.switches = dict(require_fqdn=require_fqdn, reject_self=reject_self, require_dns=require_dns)
+        self.delay_reject = delay_reject
+        self.stages = frozenset({Stage.RCPT} if delay_reject else {Stage.HELO})
+
+    async def check(self, stage, txn):
+        if trusted_client(txn):
+            return Verdict.CONTINUE
+        notes = txn.filter_results.notes
+        if self.name not in notes:
+            hostname = self.hostname or getattr(txn, "hostname", "")
+            notes[self.name] = await check_helo(getattr(txn, "helo", "") or "", hostname=hostname,
+                                                local_addresses=self.local_addresses, dns=self.dns,
+                                                **self.switches)
+        problem = notes[self.name]
+        if problem is None:
+            return Verdict.CONTINUE
+        make = Verdict.reject if problem.code >= 500 else Verdict.tempfail
+        return make(problem.text, code=problem.code, enhanced=problem.enhanced, reason=problem.reason)
+
+
+def _address_list(text):
+    out = []
+    for item in (v.strip() for v in text.split(",")):
+        if not item:
+            continue
+        if not _is_ip(item):
+            raise ValueError(f"{item!r}: expected IP addresses separated by commas")
+        out.append(item)
+    return out
+
+
+@implementer(IFilterFactory)
+class HeloFilterFactory:
+    kind = "helo"
+    description = "Refuse HELO names that are not FQDNs or address literals, claim to be us, or do not resolve."
+    options = {
+        "require_fqdn": Option.bool(default=True, help="refuse a name that is neither a fully-qualified "
+                                                       "domain name nor an address literal (501 5.5.2)"),
+        "reject_self": Option.bool(default=True, help="refuse a client that calls itself by our host name "
+                                                      "or one of our addresses (550 5.7.1)"),
+        "require_dns": Option.bool(default=False, help="refuse a name with no A, AAAA or MX record "
+                                                       "(550 5.7.1; 450 4.7.1 when the DNS fails)"),
+        "local_addresses": Option("list", _address_list, [], False,
+                                  "this server's public IP addresses, for reject_self"),
+        "delay_reject": Option.bool(default=True, help="refuse at RCPT instead of at HELO (authenticated "
+                                                       "and mynetworks clients are then spared)"),
+    }
+
+    def build(self, name, settings, services):
+        return HeloFilter(name, async_dns_for(services), services.hostname, settings["local_addresses"],
+                          settings["require_fqdn"], settings["reject_self"], settings["require_dns"],
+                          settings["delay_reject"])

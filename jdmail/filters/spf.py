@@ -10,6 +10,11 @@ different DNS settings share the process. The check is blocking: run it in the p
 import threading
 from dataclasses import dataclass
 
+from zope.interface import implementer
+
+from jdmail.filters.dnsutil import blocking_resolver_for, trusted_client
+from jdmail.interfaces import AuthResult, IFilter, IFilterFactory, Option, Stage, Verdict
+
 _local = threading.local()
 _install_lock = threading.Lock()
 _installed = False
@@ -37,9 +42,9 @@ class SPFResult:
                 f"envelope-from=\"{self.sender}\"; helo={self.helo or 'unknown'};")
 
     def auth_result(self):
-        """The ``spf=`` method result for Authentication-Results (RFC 8601)."""
-        prop = f"smtp.mailfrom={self.sender}" if self.identity == "mailfrom" else f"smtp.helo={self.helo}"
-        return f"spf={self.result} {prop}"
+        """The ``spf=`` method result for Authentication-Results (RFC 8601), an AuthResult."""
+        prop = ("smtp.mailfrom", self.sender) if self.identity == "mailfrom" else ("smtp.helo", self.helo)
+        return AuthResult("spf", self.result, properties=(prop,))
 
 
 _DESIGNATES = {
@@ -109,3 +114,87 @@ def check_spf(ip, sender, helo, resolver, receiver="unknown", timeout=20):
     finally:
         _local.resolver = None
     return SPFResult(result, identity, domain, explanation, ip, sender or "", helo or "")
+
+
+# --- the filter ------------------------------------------------------------------------------
+
+ACTIONS = ("continue", "tag", "quarantine", "reject", "tempfail")
+DEFAULT_ACTIONS = {"pass": "continue", "fail": "reject", "softfail": "tag", "neutral": "continue",
+                   "none": "continue", "permerror": "continue", "temperror": "continue"}
+_REFUSALS = {   # RFC 7372 codes
+    "fail": (550, "5.7.23", "Message rejected: the sender's domain does not allow your address to send "
+                            "its mail (SPF)"),
+    "softfail": (550, "5.7.23", "Message rejected: the sender's domain does not allow your address to "
+                                "send its mail (SPF)"),
+    "permerror": (550, "5.7.24", "Message rejected: the sender's domain publishes a broken SPF record"),
+    "temperror": (451, "4.7.24", "Cannot check the sender's SPF record now; try again later"),
+}
+
+
+@implementer(IFilter)
+class SPFFilter:
+    """Evaluates SPF once per transaction (at the first RCPT, in the thread pool), refuses
+    there when the result's action says reject/tempfail, and at DATA records
+    ``Authentication-Results: spf=...`` (and ``Received-SPF``), tags or quarantines.
+    Authenticated and mynetworks clients are not checked."""
+
+    def __init__(self, name, resolver, run_blocking, receiver, actions=None, tag_points=2.0, received_spf=True,
+                 timeout=20.0):
+        self.timeout = timeout
+        self.name, self.resolver, self.run_blocking, self.receiver = name, resolver, run_blocking, receiver
+        self.actions = dict(DEFAULT_ACTIONS, **(actions or {}))
+        self.tag_points, self.received_spf = tag_points, received_spf
+        self.stages = frozenset({Stage.RCPT, Stage.DATA})
+
+    async def result(self, txn):
+        """The transaction's SPFResult (evaluated once, kept in its notes)."""
+        notes = txn.filter_results.notes
+        if self.name not in notes:
+            notes[self.name] = await self.run_blocking(check_spf, txn.client_ip, txn.sender or "",
+                                                       getattr(txn, "helo", "") or "", self.resolver,
+                                                       self.receiver, self.timeout)
+        return notes[self.name]
+
+    async def check(self, stage, txn):
+        if trusted_client(txn):
+            return Verdict.CONTINUE
+        spf = await self.result(txn)
+        action = self.actions.get(spf.result, "continue")
+        why = f"spf={spf.result} {spf.identity}={spf.domain} ip={spf.client_ip}" + \
+            (f": {spf.explanation}" if spf.explanation else "")
+        if action in ("reject", "tempfail"):
+            code, enhanced, text = _REFUSALS.get(spf.result, _REFUSALS["fail"])
+            if action == "tempfail":
+                code, enhanced = 451, "4.7.24"
+                text = text if spf.result == "temperror" else "Cannot accept mail failing SPF now; try again later"
+            make = Verdict.reject if action == "reject" else Verdict.tempfail
+            return make(text, code=code, enhanced=enhanced, reason=why)
+        if stage != Stage.DATA:
+            return Verdict.CONTINUE
+        headers = (("Received-SPF", spf.received_spf(self.receiver)),) if self.received_spf else ()
+        kw = dict(headers=headers, auth_results=(spf.auth_result(),), reason=why)
+        if action == "tag":
+            return Verdict(score=self.tag_points, tests=("SPF_" + spf.result.upper(),), **kw)
+        if action == "quarantine":
+            return Verdict.quarantine(**kw)
+        return Verdict(**kw)
+
+
+@implementer(IFilterFactory)
+class SPFFilterFactory:
+    kind = "spf"
+    description = "Check the sender's SPF record (RFC 7208) with pyspf; per-result actions."
+    options = dict(
+        {f"on_{result}": Option.choice(ACTIONS, default=DEFAULT_ACTIONS[result],
+                                       help=f"what an SPF {result} result does: {', '.join(ACTIONS)}")
+         for result in ("fail", "softfail", "neutral", "none", "permerror", "temperror")},
+        tag_points=Option.float(default=2.0, help="spam score points a result whose action is 'tag' adds"),
+        received_spf=Option.bool(default=True, help="also add a Received-SPF header (RFC 7208 9.1)"),
+        lookup_timeout=Option.duration(default=20.0, help="DNS time allowed for one SPF evaluation"),
+    )
+
+    def build(self, name, settings, services):
+        actions = {k[3:]: v for k, v in settings.items() if k.startswith("on_") and k[3:] in DEFAULT_ACTIONS}
+        resolver = blocking_resolver_for(services, min(settings["lookup_timeout"], 10.0))
+        return SPFFilter(name, resolver, services.run_blocking, services.hostname, actions,
+                         settings["tag_points"], settings["received_spf"], settings["lookup_timeout"])

@@ -5,7 +5,13 @@ from jdmail.directory.sqlite import SQLiteDirectoryFactory
 from jdmail.filters.attachments import AttachmentsFilterFactory
 from jdmail.filters.bayes import BayesFilterFactory
 from jdmail.filters.clamav import ClamAVFilterFactory
+from jdmail.filters.dkim import DKIMFilterFactory
+from jdmail.filters.dmarc import DMARCFilterFactory
+from jdmail.filters.dnsbl import DNSBLFilterFactory
+from jdmail.filters.greylist import GreylistFilterFactory
+from jdmail.filters.helo import HeloFilterFactory
 from jdmail.filters.spamassassin import SpamAssassinFilterFactory
+from jdmail.filters.spf import SPFFilterFactory
 from jdmail.store.maildir import MaildirStoreFactory
 
 sqliteDirectory = SQLiteDirectoryFactory()
@@ -15,3 +21,9 @@ bayesFilter = BayesFilterFactory()
 clamavFilter = ClamAVFilterFactory()
 spamassassinFilter = SpamAssassinFilterFactory()
 attachmentsFilter = AttachmentsFilterFactory()
+dnsblFilter = DNSBLFilterFactory()
+heloFilter = HeloFilterFactory()
+greylistFilter = GreylistFilterFactory()
+spfFilter = SPFFilterFactory()
+dkimFilter = DKIMFilterFactory()
+dmarcFilter = DMARCFilterFactory()
