@@ -17,6 +17,7 @@ from tests.fixtures.dns import DNSServer, dkim_name, dmarc_name, list_zone, merg
 from tests.fixtures.server import JdmailServer
 
 BOB, PASSWORD = "bob@example.org", "secret"
+FRIEND = "friend@example.net"
 HELO = "client.example.test"
 
 RECORDS = merge(
@@ -26,6 +27,8 @@ RECORDS = merge(
     list_zone("dbl.test", domains={"spammy.test": "127.0.0.2"}),
     {
         "client.example.test": {"A": ["127.0.0.1"]},
+        "example.net": {"MX": [(10, "mx.example.net")]},
+        "mx.example.net": {"A": ["127.0.0.1"]},
         "pass.test": {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"]},
         "fail.test": {"TXT": ["v=spf1 ip4:192.0.2.0/24 -all"]},
         "soft.test": {"TXT": ["v=spf1 ip4:192.0.2.0/24 ~all"]},
@@ -73,8 +76,19 @@ def shared(name):
         dns = DNSServer(RECORDS)
         dns.start()
         atexit.register(dns.stop)
-        server = JdmailServer(overrides={"dns": {"servers": dns.address}},
+        overrides = {"dns": {"servers": dns.address}}
+        if name == "antispam":
+            # where mail to example.net goes: a plain jdmail, as the MX of example.net
+            receiver = JdmailServer()
+            receiver.write_ini()
+            receiver.ctl("domain", "add", "example.net")
+            receiver.ctl("user", "add", FRIEND, "--password", "pw")
+            receiver.start()
+            atexit.register(receiver.stop)
+            overrides["queue"] = {"smtp_port": str(receiver.ports["smtp"]), "scan_interval": "100ms"}
+        server = JdmailServer(overrides=overrides,
                               extra_ini=ANTISPAM_INI if name == "antispam" else GREYLIST_INI)
+        server.receiver = receiver if name == "antispam" else None
         server.write_ini()
         server.ctl("domain", "add", "example.org")
         server.ctl("user", "add", BOB, "--password", PASSWORD)
@@ -237,6 +251,23 @@ class DKIMTests(AntispamCase):
         dnsfunc = dns_function(blocking_resolver([("127.0.0.1", self.dns.port)]))
         self.assertTrue(dkim.verify(data, dnsfunc=dnsfunc))
         self.assertFalse(dkim.verify(data.replace(b"Hello tok", b"Hello TOK"), dnsfunc=dnsfunc))
+
+    def test_queued_mail_leaves_signed(self):
+        import dkim
+        from jdmail.filters.dkim import dns_function
+        from jdmail.filters.dnsutil import blocking_resolver
+        tok = token()
+        c = self.client(port="submission")
+        c.starttls(context=unverified_context())
+        c.ehlo(HELO)
+        c.login(BOB, PASSWORD)
+        data = message(tok, sender=BOB).replace(f"To: <{BOB}>".encode(), f"To: <{FRIEND}>".encode())
+        self.assertEqual(c.sendmail(BOB, [FRIEND], data), {})
+        [path] = wait_for(lambda: files_with(self.server.receiver, tok), timeout=20)
+        arrived = self.read(path)
+        self.assertIn("d=example.org;", self.header(arrived, "DKIM-Signature")[0])
+        dnsfunc = dns_function(blocking_resolver([("127.0.0.1", self.dns.port)]))
+        self.assertTrue(dkim.verify(arrived, dnsfunc=dnsfunc))
 
     def test_signed_mail_verified_at_the_mx_and_tampered_fails(self):
         """Sent back in through the MX from a@pass.test (SPF passes but is not aligned with
