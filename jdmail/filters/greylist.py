@@ -116,16 +116,17 @@ class GreylistFilter:
 
 
 def open_store(services):
-    """The GreylistStore in the directory's database: the directory's own connection when
-    it offers one (``dbapi_connection()`` -> (connection, paramstyle)), the SQLite
-    directory's file, else ``<datadir>/greylist.sqlite``."""
+    """The GreylistStore in the directory's database: a connection of its own when the
+    directory backend offers one (``dbapi_connection()`` -> (connection, paramstyle):
+    the hook for MySQL), the SQLite directory's file, else ``<datadir>/greylist.sqlite``."""
     from jdmail.filters.greylist_store import GreylistStore, open_sqlite
     directory = getattr(services, "directory", None)
-    offer = getattr(directory, "dbapi_connection", None)
+    backend = getattr(directory, "backend", directory)      # a DirectoryService, or a bare backend
+    offer = getattr(backend, "dbapi_connection", None)
     if offer is not None:
         connection, paramstyle = offer()
         return GreylistStore(connection, paramstyle)
-    path = getattr(directory, "path", None)
+    path = getattr(backend, "path", None)
     if not (isinstance(path, str) and path.endswith(".sqlite")):
         path = os.path.join(services.datadir, "greylist.sqlite")
     return GreylistStore(open_sqlite(path))
