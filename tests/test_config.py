@@ -206,7 +206,7 @@ class LoadTests(unittest.TestCase):
             f"{path}: [auth] fail_delay '2': expected a duration with a unit, such as 500ms, 30s, 5m, 1h or 2d",
             f"{path}: [filters] on_error 'bounce': expected one of tempfail, continue, accept, reject",
             f"{path}: [filters] chain names 'clamav' but there is no [filter:clamav] section",
-            f"{path}: [directory] type 'ldapx': no directory plugin has that name (available: ldap, sqlite)",
+            f"{path}: [directory] type 'ldapx': no directory plugin has that name (available: ldap, mysql, sqlite)",
             f"{path}: [store] colour is not a known key (allowed here: path, type)",
             f"{path}: [smtpd] is not a known section (allowed: {', '.join(sorted(config.CORE_SCHEMA))}, filter:NAME, relay:NAME, routing)",
         ]))
@@ -307,7 +307,7 @@ CASES = {
     "bad_choice": ("[filters]\non_error = bounce\n",
                    ["[filters] on_error 'bounce': expected one of tempfail, continue, accept, reject"]),
     "unknown_directory_type": ("[directory]\ntype = ldapx\n",
-                               ["[directory] type 'ldapx': no directory plugin has that name (available: ldap, sqlite)"]),
+                               ["[directory] type 'ldapx': no directory plugin has that name (available: ldap, mysql, sqlite)"]),
     "chain_missing_section": ("[filters]\nchain = clamav\n",
                               ["[filters] chain names 'clamav' but there is no [filter:clamav] section"]),
     "no_section_header": ("hostname = mx.example.org\n[jdmail]\n",

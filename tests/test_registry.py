@@ -235,7 +235,7 @@ class UnknownAndBrokenTests(RegistryTestMixin, unittest.TestCase):
             """)
         self.assertEqual(self.load_errors(path),
                          [f"{path}: [directory] type 'openldap': no directory plugin has that name "
-                          "(available: ldap, sqlite)"])
+                          "(available: ldap, mysql, sqlite)"])
 
     def test_broken_plugin_is_named(self):
         d = self.plugin_dir(jdmail_test_broken_syntax="""\

@@ -25,7 +25,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Manage jdmail's domains, users and aliases.")
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="INI file (default: $JDMAIL_CONFIG, else the embedded default)")
-    groups = parser.add_subparsers(dest="group", metavar="{domain,user,alias,group,queue,quarantine,dkim,bayes,plugins}",
+    groups = parser.add_subparsers(dest="group", metavar="{domain,user,alias,group,db,queue,quarantine,dkim,bayes,plugins}",
                                    required=True)
 
     domain = groups.add_parser("domain", help="local domains").add_subparsers(dest="action", required=True)
@@ -156,6 +156,11 @@ def build_parser():
                        ("delete", "remove one message without delivering it")):
         quarantine.add_parser(name, help=text).add_argument("quarantine_id", metavar="ID")
 
+    db = groups.add_parser("db", help="the directory's database schema (mysql)") \
+        .add_subparsers(dest="action", required=True)
+    db.add_parser("init", help="create jdmail's schema in an empty database")
+    db.add_parser("upgrade", help="bring jdmail's schema up to this version of jdmail")
+
     groups.add_parser("plugins", help="list the components jdmail can use: kind, name, file, options")
     return parser
 
@@ -182,9 +187,10 @@ def list_plugins(path, out):
 
 
 def open_directory(path):
-    """Load the config and build its directory; CtlError(status=2) on any problem."""
+    """Load the config and build its directory, one jdmailctl can change;
+    CtlError(status=2) on any problem."""
     from jdmail import config as config_module
-    from jdmail.errors import ConfigErrors, DirectoryError
+    from jdmail.errors import ConfigError, ConfigErrors, DirectoryError
     from jdmail.interfaces import IDirectoryAdmin
     from jdmail.registry import RegistryError
     from jdmail.services import Services
@@ -200,13 +206,20 @@ def open_directory(path):
                         datadir=config.datadir, threadpool=None)
     try:
         directory = factory.build("directory", settings, services)
-    except DirectoryError as e:
+    except (DirectoryError, ConfigError) as e:
         raise CtlError(str(e), status=2) from None
+    except ConfigErrors as e:
+        raise CtlError("\n".join(str(err) for err in e.errors), status=2) from None
     if not IDirectoryAdmin.providedBy(directory):
-        reason = getattr(factory, "read_only_reason", "") or "manage its users with its own tools"
-        raise CtlError(f"the {factory.kind!r} directory cannot be changed with {PROG}; {reason}",
-                       status=2)
+        raise CtlError(read_only(directory, factory), status=2)
     return directory
+
+
+def read_only(directory, factory):
+    """The refusal for a directory jdmailctl cannot change, with the backend's reason."""
+    reason = (getattr(directory, "read_only_reason", "") or getattr(factory, "read_only_reason", "")
+              or "manage its users with its own tools")
+    return f"the {factory.kind!r} directory cannot be changed with {PROG}; {reason}"
 
 
 def read_password(given, stdin=None):
@@ -586,6 +599,23 @@ def run_bayes(args, out, path):
         raise CtlError(str(e)) from None
     finally:
         classifier.store.close()
+
+
+def run_db(args, out, path):
+    """jdmailctl db init|upgrade: create or upgrade the directory's schema."""
+    directory = open_directory(path)
+    backend = getattr(directory, "backend", directory)
+    try:
+        action = getattr(backend, f"schema_{args.action}", None)
+        if action is None:
+            raise CtlError(f"the {getattr(backend, 'dialect', None) and backend.dialect.name or 'configured'} "
+                           "directory creates and upgrades its schema itself when it is opened "
+                           "(db init and upgrade are for mysql)", status=2)
+        out.write(action() + "\n")
+    finally:
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()
     return 0
 
 
@@ -711,6 +741,8 @@ def run(args, out):
         return run_bayes(args, out, path)
     if args.group == "quarantine":
         return run_quarantine(args, out, path)
+    if args.group == "db":
+        return run_db(args, out, path)
     directory = open_directory(path)
     group, action = args.group, args.action
 

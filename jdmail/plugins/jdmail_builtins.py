@@ -1,6 +1,7 @@
 """jdmail's built-in components, registered exactly as a third-party plugin would be."""
 
 from jdmail.directory.ldap import LDAPDirectoryFactory
+from jdmail.directory.mysql import MySQLDirectoryFactory
 from jdmail.directory.sqlite import SQLiteDirectoryFactory
 from jdmail.filters.attachments import AttachmentsFilterFactory
 from jdmail.filters.bayes import BayesFilterFactory
@@ -16,6 +17,7 @@ from jdmail.store.maildir import MaildirStoreFactory
 
 sqliteDirectory = SQLiteDirectoryFactory()
 ldapDirectory = LDAPDirectoryFactory()
+mysqlDirectory = MySQLDirectoryFactory()
 maildirStore = MaildirStoreFactory()
 bayesFilter = BayesFilterFactory()
 clamavFilter = ClamAVFilterFactory()

@@ -353,8 +353,10 @@ class ESMTPServer(smtp.ESMTP):
             self.reply_error(e)
             if e.code >= 500:
                 self._count_bad()
-        except DirectoryUnavailable:
-            self.log.failure("smtp directory unavailable client={client}", client=self.client_ip)
+        except DirectoryUnavailable as e:
+            # the backend logs the outage once; a traceback per RCPT would flood the log
+            self.log.warn("smtp directory unavailable client={client} error={error}",
+                          client=self.client_ip, error=e)
             self.reply(451, "4.3.0", "Temporary lookup failure; try again later")
 
     async def smtp_HELO(self, arg):
@@ -524,7 +526,6 @@ class ESMTPServer(smtp.ESMTP):
         except UnauthorizedLogin as e:
             result = f"failed: {e}"
         except DirectoryUnavailable:
-            self.log.failure("smtp auth: directory unavailable")
             result = "tempfail: directory unavailable"
         self.log.info("smtp login user={user} client={client} listener={listener} result={result}",
                       user=user, client=self.client_ip, listener=self.listener.name, result=result)
