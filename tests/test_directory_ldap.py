@@ -10,6 +10,7 @@ import time
 from twisted.internet import reactor
 from twisted.trial import unittest
 
+from jdmail.directory.backend import DomainRecord
 from jdmail.directory.ldap import (LDAPDirectoryFactory, LDAPUserRecord, escape_dn_value,
                                    fill_filter)
 from jdmail.directory.service import DirectoryService
@@ -180,6 +181,74 @@ class PagingTests(LDAPTestCase):
                                      for u in ("bob", "alice", "dave", "admin", "nomail")))
         pool.page_size = 500
         self.assertEqual(sorted(dn for dn, _ in pool.search(SUFFIX, people, ["mail"], paged=True)), dns)
+
+
+class AliasTests(LDAPTestCase):
+    """nisMailAlias entries (alias_filter / alias_target_attribute), the catch-all
+    '*@domain' entry and domain_aliases, at the backend and through DirectoryService."""
+
+    def backend(self, **overrides):
+        overrides.setdefault("domains", ["example.org", "example.com", "example.net"])
+        return super().backend(**overrides)
+
+    def directory(self, **overrides):
+        return DirectoryService(self.backend(**overrides), services(),
+                                settings={"cache_ttl": 0, "negative_cache_ttl": 0})
+
+    async def test_alias_to_a_user_and_to_a_remote_address(self):
+        backend = self.backend()
+        self.assertEqual(await backend.aliases("info@example.org"), ["bob@example.org"])
+        self.assertEqual(await backend.aliases("outside@example.org"), ["someone@remote.example"])
+        self.assertEqual(await backend.aliases("nobody@example.org"), [])
+        directory = self.directory()
+        resolution = await directory.resolve("Info@example.org")
+        self.assertEqual((resolution.kind, resolution.mailboxes, resolution.remote),
+                         (Resolution.Kind.LOCAL, ("example.org/bob",), ()))
+        resolution = await directory.resolve("outside@example.org")
+        self.assertEqual((resolution.kind, resolution.mailboxes, resolution.remote),
+                         (Resolution.Kind.LOCAL, (), ("someone@remote.example",)))
+
+    async def test_catch_all(self):
+        backend = self.backend()
+        self.assertEqual(await backend.aliases("*@example.net"), ["alice@example.org"])
+        self.assertEqual(await backend.aliases("*@example.org"), [])    # no catch-all there
+        directory = self.directory()
+        resolution = await directory.resolve("anything@example.net")
+        self.assertEqual((resolution.kind, resolution.mailboxes),
+                         (Resolution.Kind.LOCAL, ("example.org/alice",)))
+        resolution = await directory.resolve("anything@example.org")
+        self.assertEqual(resolution.kind, Resolution.Kind.UNKNOWN)
+
+    async def test_empty_alias_filter_disables_aliases(self):
+        backend = self.backend(alias_filter="")
+        self.assertEqual(await backend.aliases("info@example.org"), [])
+        self.assertEqual(await backend.aliases("*@example.net"), [])
+        resolution = await self.directory(alias_filter="").resolve("info@example.org")
+        self.assertEqual(resolution.kind, Resolution.Kind.UNKNOWN)
+
+    async def test_aliases_of_domains_not_served_are_not_looked_up(self):
+        self.assertEqual(await self.backend(domains=["example.org"]).aliases("*@example.net"), [])
+
+    async def test_domain_alias(self):
+        backend = self.backend(domain_aliases=["Alias.Example = example.org"])
+        self.assertEqual(await backend.domain("alias.example"), DomainRecord("alias.example",
+                                                                             alias_of="example.org"))
+        self.assertEqual(await backend.domain("example.org"), DomainRecord("example.org"))
+        directory = self.directory(domain_aliases=["alias.example=example.org"])
+        for address, mailbox in (("bob@alias.example", "example.org/bob"),
+                                 ("robert@alias.example", "example.org/bob"),
+                                 ("info@alias.example", "example.org/bob")):
+            resolution = await directory.resolve(address)
+            self.assertEqual((resolution.kind, resolution.mailboxes),
+                             (Resolution.Kind.LOCAL, (mailbox,)), address)
+        self.assertEqual((await directory.resolve("nobody@alias.example")).kind, Resolution.Kind.UNKNOWN)
+        self.assertTrue(await directory.is_local_domain("ALIAS.example"))
+
+    async def test_no_injection_in_alias_lookups(self):
+        backend = self.backend()
+        # unescaped, "*@example.org" would be a substring filter matching info@ and outside@
+        for text in INJECTIONS + ["info*@example.org", "*nfo@example.org", "*)(cn=info@example.org"]:
+            self.assertEqual(await backend.aliases(text), [], text)
 
 
 class ActiveDirectoryPresetTests(LDAPTestCase):
@@ -391,6 +460,11 @@ class SettingsTests(unittest.TestCase):
                           s["alias_attributes"], s["member_of_attribute"]),
                          ("accountStatus", "boolean", "", ["proxyAddresses"], "memberOf"))
         self.assertEqual((s["user_base_dn"], s["group_base_dn"]), (SUFFIX, SUFFIX))
+        self.assertEqual((s["alias_filter"], s["alias_target_attribute"], s["alias_base_dn"]), ("", "", SUFFIX))
+        s = FACTORY.settings_for(self.base(domain_aliases=["Alias.Example=Example.ORG"]))
+        self.assertEqual((s["alias_filter"], s["alias_target_attribute"], s["domain_alias_map"]),
+                         ("(&(objectClass=nisMailAlias)(cn={address}))", "rfc822MailMember",
+                          {"alias.example": "example.org"}))
         s = FACTORY.settings_for(self.base(alias_attributes=[]))
         self.assertEqual((s["alias_attributes"], s["mail_attribute"]), ([], "mail"))
 
@@ -410,3 +484,17 @@ class SettingsTests(unittest.TestCase):
         self.assertEqual(self.errors(ca_file="/nonexistent/ca.pem"),
                          ["/etc/jdmail.ini: [directory] ca_file '/nonexistent/ca.pem': cannot read: "
                           "No such file or directory"])
+        self.assertEqual(self.errors(alias_filter="(cn=info)"),
+                         ["/etc/jdmail.ini: [directory] alias_filter '(cn=info)': must hold {address} "
+                          "(or {local} / {domain})"])
+        self.assertEqual(self.errors(alias_target_attribute=""),
+                         ["/etc/jdmail.ini: [directory] alias_target_attribute must name an attribute "
+                          "when alias_filter is set"])
+        self.assertEqual(self.errors(domain_aliases=["alias.example", "x.example=other.example",
+                                                     "example.org=example.org"]),
+                         ["/etc/jdmail.ini: [directory] domain_aliases 'alias.example': expected "
+                          "ALIAS=DOMAIN, e.g. example.net=example.org",
+                          "/etc/jdmail.ini: [directory] domain_aliases 'x.example=other.example': "
+                          "other.example is not one of domains",
+                          "/etc/jdmail.ini: [directory] domain_aliases 'example.org=example.org': "
+                          "example.org is already a domain or domain alias"])

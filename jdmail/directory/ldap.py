@@ -13,7 +13,10 @@ Two ready-made attribute sets, overridable key by key: ``schema = openldap``
 (inetOrgPerson users, mailLocalAddress alternates, groupOfNames groups) and
 ``schema = activedirectory`` (userPrincipalName logins, proxyAddresses
 ``SMTP:``/``smtp:`` addresses, memberOf groups, the userAccountControl
-ACCOUNTDISABLE bit). Domains served are a configured list.
+ACCOUNTDISABLE bit). Aliases (and the catch-all ``*@domain``) are entries found
+with alias_filter, their targets in alias_target_attribute (openldap: nisMailAlias
+/ rfc822MailMember). Domains served are a configured list, domain aliases a
+configured ``alias=domain`` list.
 """
 
 import dataclasses
@@ -46,6 +49,8 @@ PRESETS = {
         "protocols_attribute": "",
         "member_attribute": "member",
         "member_of_attribute": "",
+        "alias_filter": "(&(objectClass=nisMailAlias)(cn={address}))",
+        "alias_target_attribute": "rfc822MailMember",
     },
     "activedirectory": {
         "user_filter": "(&(objectClass=user)(|(userPrincipalName={address})"
@@ -60,6 +65,8 @@ PRESETS = {
         "protocols_attribute": "",
         "member_attribute": "member",
         "member_of_attribute": "memberOf",
+        "alias_filter": "",            # AD has no alias class: alternates are proxyAddresses
+        "alias_target_attribute": "",
     },
 }
 
@@ -131,6 +138,8 @@ class LDAPBackend:
         self._conns = connections
         self._services = services
         self._domains = frozenset(normalize_domain(d) for d in settings["domains"])
+        self._domain_aliases = dict(settings.get("domain_alias_map", {}))
+        self._all_domains = self._domains | frozenset(self._domain_aliases)
         mapping = [settings["mail_attribute"], *settings["alias_attributes"], settings["quota_attribute"],
                    settings["enabled_attribute"], settings["forward_attribute"],
                    settings["protocols_attribute"]]
@@ -149,10 +158,18 @@ class LDAPBackend:
 
     async def domain(self, name):
         name = normalize_domain(name)
-        return DomainRecord(name) if name in self._domains else None
+        if name in self._domains:
+            return DomainRecord(name)
+        if name in self._domain_aliases:
+            return DomainRecord(name, alias_of=self._domain_aliases[name])
+        return None
 
     async def aliases(self, source):
-        return []            # alternate addresses are the user's own (user() finds them)
+        # Alternate addresses are the user's own (user() finds them); these are alias
+        # entries, the catch-all being the one whose address is '*@domain'.
+        if not self._s["alias_filter"] or not self._plausible(source):
+            return []
+        return await self._blocking(self._find_aliases, source)
 
     async def user(self, address):
         # Any domain: an AD login (userPrincipalName) may be in a domain that gets no mail.
@@ -184,7 +201,7 @@ class LDAPBackend:
     def _plausible(self, address):
         """Only addresses in our domains are looked up (saves a round trip per remote RCPT)."""
         return _searchable(address) and "@" in address and \
-            normalize_domain(address.rpartition("@")[2]) in self._domains
+            normalize_domain(address.rpartition("@")[2]) in self._all_domains
 
     def _search(self, base, template, address, attributes):
         search_filter = fill_filter(template, address)
@@ -206,6 +223,21 @@ class LDAPBackend:
             return None
         dn, attrs = entries[0]
         return self._user_record(dn, attrs, address)
+
+    def _find_aliases(self, source):
+        """Targets of every alias entry for ``source`` (several entries: all their targets)."""
+        attribute = self._s["alias_target_attribute"]
+        entries = self._search(self._s["alias_base_dn"], self._s["alias_filter"], source, [attribute])
+        targets = []
+        for dn, attrs in entries:
+            for value in attrs.get(attribute.lower(), ()):
+                value = value.strip()
+                if "@" in value and not _CONTROL.search(value):
+                    targets.append(value)
+                else:
+                    self.log.warn("ldap: alias {dn} has {attr} = {value!r}, not an address; skipped",
+                                  dn=dn, attr=attribute, value=value)
+        return list(dict.fromkeys(targets))
 
     def _addresses(self, attrs):
         """(primary, [every address]) of an entry: an ``SMTP:`` proxy address is the
@@ -350,7 +382,10 @@ class LDAPDirectoryFactory:
         "base_dn": Option.str(required=True, help="where users and groups are searched"),
         "user_base_dn": Option.str(default="", help="where users are searched (default: base_dn)"),
         "group_base_dn": Option.str(default="", help="where groups are searched (default: base_dn)"),
+        "alias_base_dn": Option.str(default="", help="where aliases are searched (default: base_dn)"),
         "domains": Option.list(required=True, help="the mail domains served"),
+        "domain_aliases": Option.list(default=[], help="ALIAS=DOMAIN pairs: mail for x@ALIAS goes to "
+                                                       "x@DOMAIN (one of domains)"),
         "schema": Option.choice(tuple(PRESETS), default="openldap",
                                 help="the preset giving the defaults of the keys below"),
         "auth": Option.choice(("search", "bind"), default="search",
@@ -374,6 +409,9 @@ class LDAPDirectoryFactory:
         "member_attribute": _preset_str("a group's member DNs"),
         "member_of_attribute": _preset_str("when set, a group's members are the entries whose "
                                            "attribute holds the group's DN (AD memberOf)"),
+        "alias_filter": _preset_str("finds alias entries by address ({address}, {local}, {domain}); "
+                                    "the address *@DOMAIN is the catch-all; empty = no aliases"),
+        "alias_target_attribute": _preset_str("an alias entry's targets (addresses, local or remote)"),
         "group_members_only": Option.bool(default=False, help="groups take mail only from their members "
                                                               "(any of their addresses) and group senders"),
         "group_senders_attribute": Option.str(default="", help="with group_members_only: a group attribute "
@@ -392,6 +430,7 @@ class LDAPDirectoryFactory:
                 s[key] = preset[key]
         s["user_base_dn"] = s["user_base_dn"] or s["base_dn"]
         s["group_base_dn"] = s["group_base_dn"] or s["base_dn"]
+        s["alias_base_dn"] = s["alias_base_dn"] or s["base_dn"]
         errors = []
 
         def bad(key, message):
@@ -405,8 +444,8 @@ class LDAPDirectoryFactory:
                 bad("uri", str(e))
         if not s["uri"]:
             bad("uri", "is required: ldap://HOST[:PORT] or ldaps://HOST[:PORT]")
-        for key in ("user_filter", "group_filter"):
-            if key == "group_filter" and not s[key]:
+        for key in ("user_filter", "group_filter", "alias_filter"):
+            if key != "user_filter" and not s[key]:
                 continue
             problem = _filter_problem(s[key])
             if problem:
@@ -431,6 +470,9 @@ class LDAPDirectoryFactory:
                 bad("ca_file", f"{s['ca_file']!r}: cannot read: {e.strerror or e}")
         if not s["domains"]:
             bad("domains", "is required: the mail domains this directory serves")
+        if s["alias_filter"] and not s["alias_target_attribute"]:
+            bad("alias_target_attribute", "must name an attribute when alias_filter is set")
+        s["domain_alias_map"] = _domain_aliases(s["domains"], s["domain_aliases"], bad)
         if s["pool_size"] < 1:
             bad("pool_size", f"{s['pool_size']}: expected 1 or more")
         if s["timeout"] <= 0:
@@ -451,6 +493,24 @@ class LDAPDirectoryFactory:
     def build(self, name, settings, services):
         from jdmail.directory.service import DirectoryService
         return DirectoryService(self.backend(name, settings, services), services, name)
+
+
+def _domain_aliases(domains, pairs, bad):
+    """{alias: domain} from ``alias=domain`` pairs, each domain one of ``domains``."""
+    served = {normalize_domain(d) for d in domains}
+    found = {}
+    for pair in pairs:
+        alias, eq, target = (part.strip() for part in pair.partition("="))
+        alias, target = normalize_domain(alias), normalize_domain(target)
+        if not eq or not alias or not target:
+            bad("domain_aliases", f"{pair!r}: expected ALIAS=DOMAIN, e.g. example.net=example.org")
+        elif target not in served:
+            bad("domain_aliases", f"{pair!r}: {target} is not one of domains")
+        elif alias in served or alias in found:
+            bad("domain_aliases", f"{pair!r}: {alias} is already a domain or domain alias")
+        else:
+            found[alias] = target
+    return found
 
 
 def _filter_problem(template):

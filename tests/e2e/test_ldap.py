@@ -112,13 +112,16 @@ class Clients:
 
 class OpenLDAPTests(Clients, TestCase):
     """schema = openldap over StartTLS, bind as the user's DN from a template, with
-    iRedMail-style quota and account status."""
+    iRedMail-style quota and account status; nisMailAlias aliases, example.net's
+    catch-all and the domain alias alias.example of example.org."""
 
     def setUp(self):
         self.slapd = shared_slapd()
         self.server = shared_jdmail("openldap", self.slapd, quota_attribute="mailQuota",
                                     enabled_attribute="accountStatus", auth="bind",
-                                    user_dn_template=f"uid={{local}},ou=people,{SUFFIX}")
+                                    user_dn_template=f"uid={{local}},ou=people,{SUFFIX}",
+                                    domains="example.org, example.net",
+                                    domain_aliases="alias.example=example.org")
 
     def smtp_auth(self, user, password):
         """(code, text) of AUTH PLAIN on the submission port after STARTTLS."""
@@ -165,6 +168,25 @@ class OpenLDAPTests(Clients, TestCase):
         self.assertEqual(self.send(["team@example.org"], tok), {})
         self.stored_for(tok, "bob@example.org")
         self.stored_for(tok, "alice@example.org")
+
+    def test_smtp_to_an_ldap_alias(self):
+        tok = token()
+        self.assertEqual(self.send(["info@example.org"], tok), {})
+        self.assertEqual(len(self.stored_for(tok, "bob@example.org")), 1)
+
+    def test_smtp_to_a_catch_all(self):
+        tok = token()
+        self.assertEqual(self.send(["whoever@example.net"], tok), {})
+        self.stored_for(tok, "alice@example.org")
+
+    def test_smtp_to_a_domain_alias(self):
+        tok = token()
+        self.assertEqual(self.send(["bob@alias.example", "info@Alias.Example"], tok), {})
+        self.assertEqual(len(self.stored_for(tok, "bob@example.org")), 1)   # one copy for both
+        c = self.smtp()
+        c.mail("sender@remote.test")
+        code, text = c.rcpt("nobody@alias.example")
+        self.assertEqual(code, 550, text)
 
     def test_unknown_recipient_550(self):
         c = self.smtp()
