@@ -6,6 +6,7 @@ one line each: ``FILE: [section] key 'value': what is allowed``.
 """
 
 import configparser
+import ipaddress
 import os
 import re
 import socket
@@ -107,6 +108,9 @@ CORE_SCHEMA = {
         "source_address": Option.str(default="", help="local address for outbound connections (default: any)"),
         "scan_interval": Option.duration(default=1.0, help="how often the queue is scanned for due messages"),
         "smtp_port": Option.int(default=25, help="port of MX hosts (for tests and unusual setups only)"),
+        "connection_reuse_time": Option.duration(
+            default=2.0, help="keep a connection open this long for the next message to the same "
+                              "destination (RSET, then MAIL); 0 = a new connection per message"),
     },
     "dns": {
         "servers": Option.list(default=[], help="DNS servers as ADDRESS or ADDRESS:PORT; empty = the system resolver"),
@@ -374,6 +378,14 @@ def load(path=None, registry=None, datadir=None):
         table.default = routing_module.Route("relay", relays["relayhost"])
     if not sections["queue"]["helo"]:
         sections["queue"]["helo"] = core["hostname"]
+    source = sections["queue"]["source_address"]
+    if source:
+        try:
+            ipaddress.ip_address(source)
+        except ValueError:
+            errors.append(ConfigError(f"{source!r}: expected an IP address of this machine "
+                                      "(192.0.2.25, 2001:db8::25) or nothing", label, "queue",
+                                      "source_address"))
     if sections["queue"]["max_backoff"] < sections["queue"]["min_backoff"]:
         errors.append(ConfigError("must not be less than min_backoff", label, "queue", "max_backoff"))
     for server in sections["dns"]["servers"]:

@@ -517,6 +517,7 @@ class QueuedMessage:
     envid: str = ""               # RFC 3461 ENVID
     held: bool = False
     warned: bool = False          # a delay warning was sent
+    smtputf8: bool = False        # received with SMTPUTF8 (RFC 6531)
 
 
 class IDeliveryQueue(Interface):

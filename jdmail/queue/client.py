@@ -15,10 +15,15 @@ API::
 
     result = await deliver_to_host(reactor, host, port, sender, recipients, open_message,
                                    size, helo, tls_context=None, require_tls=False,
-                                   implicit_tls=False, auth=None, timeout=300, eightbit=False)
+                                   implicit_tls=False, auth=None, timeout=300, eightbit=False,
+                                   smtputf8=False, keep=False)
     result = await deliver_to_domain(reactor, domain, sender, recipients, open_message,
                                      size, helo, resolver=None, port=25, ...)
     result.results == {rcpt: (code, enhanced, text)}   # every recipient has an entry
+    result.session                                     # keep=True: the open connection
+    session = await connect_host(reactor, host, port, helo, ...)
+    result = await session.deliver(sender, recipients, open_message, size)
+    await session.reset(); await session.close()
 
 ``open_message()`` returns a binary file object (or an awaitable of one) positioned at
 the start of the message; it is read in chunks, line endings normalised to CRLF and
@@ -71,6 +76,7 @@ class DeliveryResult:
     tls_verified: bool = False     # None: the caller's tls_context decided
     extensions: dict = field(default_factory=dict)
     attempts: list = field(default_factory=list)   # (host, reason) of hosts that failed first
+    session: object = None         # deliver_to_host(keep=True): the open SMTPSession
 
     def accepted(self):
         return [r for r, (c, _e, _t) in self.results.items() if 200 <= c < 300]
@@ -245,16 +251,38 @@ async def _stream(proto, f):
 
 
 async def deliver_to_host(reactor, host, port, sender, recipients, open_message, size, helo, *,
-                          tls_context=None, require_tls=False, implicit_tls=False, auth=None,
-                          timeout=300, eightbit=False, bind_address=None, tls_hostname=None):
+                          eightbit=False, smtputf8=False, keep=False, **kw):
     """Deliver one message to ``recipients`` through ``host``:``port``; see the module docstring.
+
+    ``kw`` goes to :func:`connect_host`. With ``keep``, a connection still fit for
+    another transaction is not closed but returned as ``result.session`` (the caller
+    closes it or hands it to a :class:`~jdmail.queue.pool.ConnectionCache`).
+    """
+    session = await connect_host(reactor, host, port, helo, **kw)
+    try:
+        result = await session.deliver(sender, recipients, open_message, size,
+                                       eightbit=eightbit, smtputf8=smtputf8)
+    except BaseException:
+        await session.close()
+        raise
+    if keep and session.usable:
+        result.session = session
+    else:
+        await session.close()
+    return result
+
+
+async def connect_host(reactor, host, port, helo, *, tls_context=None, require_tls=False,
+                       implicit_tls=False, auth=None, timeout=300, bind_address=None,
+                       tls_hostname=None):
+    """An :class:`SMTPSession` to ``host``:``port``, greeted, after STARTTLS and AUTH.
 
     ``host`` is an IP address or a name. ``tls_context``: a Twisted client TLS context
     factory; by default opportunistic STARTTLS does not verify the certificate (logged),
     while ``require_tls`` verifies it against ``tls_hostname`` (or ``host``). ``auth`` is
-    ``(username, password)``, used only over TLS (PLAIN, else LOGIN).
+    ``(username, password)``, used only over TLS (PLAIN, else LOGIN). ``bind_address``:
+    the local address the connection comes from. Raises TemporaryDeliveryError.
     """
-    recipients = list(dict.fromkeys(recipients))
     tls_name = tls_hostname or host
     if tls_context is None:
         if require_tls:
@@ -270,151 +298,216 @@ async def deliver_to_host(reactor, host, port, sender, recipients, open_message,
         await connectProtocol(_endpoint(reactor, host, port, timeout, bind_address), proto)
     except (ierror.ConnectError, ierror.TimeoutError, defer.TimeoutError, OSError) as e:
         raise TemporaryDeliveryError(f"connect to {host}:{port} failed: {e}") from None
-    result = DeliveryResult(results={}, host=host, port=port)
+    session = SMTPSession(reactor, proto, host, port, timeout)
     try:
-        return await _transaction(reactor, proto, result, sender, recipients, open_message, size, helo,
-                                  tls_context, verified, require_tls, implicit_tls, auth, timeout,
-                                  eightbit, tls_name)
-    finally:
-        if proto.transport is not None and proto.lost is None:
+        await session._open(helo, tls_context, verified, require_tls, implicit_tls, auth)
+    except BaseException:
+        await session.close()
+        raise
+    return session
+
+
+class SMTPSession:
+    """One open SMTP connection, greeted and ready for transactions.
+
+    ``deliver()`` runs one transaction; ``reset()`` (RSET) checks the connection is
+    still fit before it is used again; ``close()`` says QUIT and disconnects.
+    ``usable`` is false once anything went wrong on the connection.
+    """
+
+    def __init__(self, reactor, proto, host, port, timeout):
+        self.reactor, self.proto, self.host, self.port, self.timeout = reactor, proto, host, port, timeout
+        self.where = f"{host}:{port}"
+        self.tls = False
+        self.tls_verified = False
+        self.extensions = {}
+        self.mx = None
+        self.transactions = 0
+        self._broken = False
+        self._closed = False
+
+    @property
+    def usable(self):
+        return not (self._broken or self._closed) and self.proto.lost is None
+
+    async def _read(self):
+        reply = await self.proto.read(self.timeout, self.reactor)
+        if reply.code == 421:
+            raise TemporaryDeliveryError(f"{self.where} closing: {reply}", 421)
+        return reply
+
+    async def _command(self, line):
+        self.proto.send(line)
+        return await self._read()
+
+    async def _open(self, helo, tls_context, verified, require_tls, implicit_tls, auth):
+        where = self.where
+        if implicit_tls:
+            self.proto.transport.startTLS(tls_context)
+            self.tls, self.tls_verified = True, verified
+        greeting = await self._read()
+        if greeting.code != 220:
+            raise TemporaryDeliveryError(f"{where} greeted with {greeting}", greeting.code)
+
+        async def hello():
+            reply = await self._command(f"EHLO {helo}")
+            if reply.code == 250:
+                return _parse_ehlo(reply)
+            reply = await self._command(f"HELO {helo}")
+            if reply.code != 250:
+                raise TemporaryDeliveryError(f"{where} refused EHLO/HELO: {reply}", reply.code)
+            return {}
+
+        ext = await hello()
+        if not self.tls:
+            if "STARTTLS" in ext:
+                reply = await self._command("STARTTLS")
+                if reply.code == 220:
+                    self.proto.transport.startTLS(tls_context)
+                    self.tls, self.tls_verified = True, verified
+                    if verified is False:
+                        log.info("STARTTLS to {where}: certificate not verified (opportunistic TLS)",
+                                 where=where)
+                    ext = await hello()
+                elif require_tls:
+                    raise TemporaryDeliveryError(f"{where} refused STARTTLS ({reply}) and TLS is required",
+                                                 reply.code)
+                else:
+                    log.warn("STARTTLS to {where} refused ({reply}); continuing in plaintext", where=where,
+                             reply=str(reply))
+            elif require_tls:
+                raise TemporaryDeliveryError(f"{where} does not offer STARTTLS and TLS is required")
+        self.extensions = ext
+        if auth is not None:
+            if not self.tls:
+                raise TemporaryDeliveryError(f"{where}: not sending AUTH credentials without TLS")
+            await _auth(self.proto, self._read, self._command, ext, auth, where)
+
+    async def reset(self):
+        """RSET before another transaction: True when the server answered 250."""
+        if not self.usable:
+            return False
+        try:
+            reply = await self._command("RSET")
+        except TemporaryDeliveryError:
+            self._broken = True
+            return False
+        if reply.code != 250:
+            self._broken = True
+        return self.usable
+
+    async def close(self):
+        """QUIT (when the connection is fit) and disconnect; never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        proto = self.proto
+        if proto.transport is None or proto.lost is not None:
+            return
+        if not self._broken:
+            try:
+                proto.send("QUIT")
+                await proto.read(min(self.timeout, 10), self.reactor)
+            except Exception:  # noqa: BLE001 - the connection is done either way
+                pass
+        if proto.lost is None:
             proto.transport.loseConnection()
             try:
-                await proto.closed_d.addTimeout(5, reactor)
+                await proto.closed_d.addTimeout(5, self.reactor)
             except defer.TimeoutError:
                 proto.transport.abortConnection()
 
+    async def deliver(self, sender, recipients, open_message, size, *, eightbit=False, smtputf8=False):
+        """One transaction (MAIL, RCPT..., DATA) on this connection: a DeliveryResult.
 
-async def _transaction(reactor, proto, result, sender, recipients, open_message, size, helo,
-                       tls_context, verified, require_tls, implicit_tls, auth, timeout, eightbit, tls_name):
-    where = f"{result.host}:{result.port}"
-
-    async def read():
-        reply = await proto.read(timeout, reactor)
-        if reply.code == 421:
-            raise TemporaryDeliveryError(f"{where} closing: {reply}", 421)
-        return reply
-
-    async def command(line):
-        proto.send(line)
-        return await read()
-
-    async def quit():
+        ``eightbit``: the content has 8-bit octets (BODY=8BITMIME, or 5.6.3 when the
+        server lacks 8BITMIME); ``smtputf8``: the envelope or header needs SMTPUTF8
+        (RFC 6531: the SMTPUTF8 parameter, or 5.6.7 when the server lacks it).
+        """
+        recipients = list(dict.fromkeys(recipients))
+        result = DeliveryResult(results={}, host=self.host, port=self.port, tls=self.tls,
+                                tls_verified=self.tls_verified, extensions=self.extensions)
+        self.transactions += 1
         try:
-            proto.send("QUIT")
-            await proto.read(min(timeout, 10), reactor)
-        except Exception:  # noqa: BLE001 - the transaction is done either way
-            pass
-
-    def all_rcpts(reply):
-        for r in recipients:
-            result.results.setdefault(r, reply.result() if isinstance(reply, Reply) else reply)
-
-    if implicit_tls:
-        proto.transport.startTLS(tls_context)
-        result.tls, result.tls_verified = True, verified
-    greeting = await read()
-    if greeting.code != 220:
-        raise TemporaryDeliveryError(f"{where} greeted with {greeting}", greeting.code)
-
-    async def hello():
-        reply = await command(f"EHLO {helo}")
-        if reply.code == 250:
-            return _parse_ehlo(reply)
-        reply = await command(f"HELO {helo}")
-        if reply.code != 250:
-            raise TemporaryDeliveryError(f"{where} refused EHLO/HELO: {reply}", reply.code)
-        return {}
-
-    ext = await hello()
-    if not result.tls:
-        if "STARTTLS" in ext:
-            reply = await command("STARTTLS")
-            if reply.code == 220:
-                proto.transport.startTLS(tls_context)
-                result.tls, result.tls_verified = True, verified
-                if verified is False:
-                    log.info("STARTTLS to {where}: certificate not verified (opportunistic TLS)", where=where)
-                ext = await hello()
-            elif require_tls:
-                raise TemporaryDeliveryError(f"{where} refused STARTTLS ({reply}) and TLS is required", reply.code)
-            else:
-                log.warn("STARTTLS to {where} refused ({reply}); continuing in plaintext", where=where,
-                         reply=str(reply))
-        elif require_tls:
-            raise TemporaryDeliveryError(f"{where} does not offer STARTTLS and TLS is required")
-    result.extensions = ext
-
-    if auth is not None:
-        if not result.tls:
-            raise TemporaryDeliveryError(f"{where}: not sending AUTH credentials without TLS")
-        await _auth(proto, read, command, ext, auth, where)
-
-    if eightbit and "8BITMIME" not in ext:
-        all_rcpts((554, "5.6.3", "8-bit content to a 7-bit server"))
-        await quit()
+            await self._transaction(result, sender, recipients, open_message, size, eightbit, smtputf8)
+        except BaseException:
+            self._broken = True
+            raise
         return result
-    if "SIZE" in ext and size is not None:
-        try:
-            limit = int(ext["SIZE"] or 0)
-        except ValueError:
-            limit = 0
-        if limit and size > limit:
-            all_rcpts((552, "5.3.4", f"message size {size} exceeds the server's limit of {limit}"))
-            await quit()
-            return result
 
-    mail = f"MAIL FROM:<{sender}>"
-    if "SIZE" in ext and size is not None:
-        mail += f" SIZE={size}"
-    if eightbit and "8BITMIME" in ext:
-        mail += " BODY=8BITMIME"
-    accepted = []
-    if "PIPELINING" in ext:
-        proto.send(mail, *[f"RCPT TO:<{r}>" for r in recipients], "DATA")
-        mail_reply = await read()
-        rcpt_replies = [await read() for _ in recipients]
-        data_reply = await read()
-        if mail_reply.code != 250:
-            all_rcpts(mail_reply)
-        else:
-            for r, rep in zip(recipients, rcpt_replies):
-                result.results[r] = rep.result()
-                if rep.code in (250, 251):
-                    accepted.append(r)
-        if data_reply.code == 354 and not accepted:
-            proto.send(".")          # RFC 2920 3.1: an empty message, whose reply is ignored
-            await read()
-    else:
-        mail_reply = await command(mail)
-        if mail_reply.code != 250:
-            all_rcpts(mail_reply)
-        else:
+    async def _transaction(self, result, sender, recipients, open_message, size, eightbit, smtputf8):
+        read, command, ext = self._read, self._command, self.extensions
+
+        def all_rcpts(reply):
             for r in recipients:
-                rep = await command(f"RCPT TO:<{r}>")
-                result.results[r] = rep.result()
-                if rep.code in (250, 251):
-                    accepted.append(r)
-        data_reply = await command("DATA") if accepted else None
-    if not accepted:
-        await quit()
-        return result
-    if data_reply.code != 354:
+                result.results.setdefault(r, reply.result() if isinstance(reply, Reply) else reply)
+
+        if smtputf8 and "SMTPUTF8" not in ext:
+            all_rcpts((553, "5.6.7", "the message needs SMTPUTF8, which the server does not offer"))
+            return
+        if eightbit and "8BITMIME" not in ext:
+            all_rcpts((554, "5.6.3", "8-bit content to a 7-bit server"))
+            return
+        if "SIZE" in ext and size is not None:
+            try:
+                limit = int(ext["SIZE"] or 0)
+            except ValueError:
+                limit = 0
+            if limit and size > limit:
+                all_rcpts((552, "5.3.4", f"message size {size} exceeds the server's limit of {limit}"))
+                return
+
+        mail = f"MAIL FROM:<{sender}>"
+        if "SIZE" in ext and size is not None:
+            mail += f" SIZE={size}"
+        if eightbit and "8BITMIME" in ext:
+            mail += " BODY=8BITMIME"
+        if smtputf8:
+            mail += " SMTPUTF8"
+        accepted = []
+        proto = self.proto
+        if "PIPELINING" in ext:
+            proto.send(mail, *[f"RCPT TO:<{r}>" for r in recipients], "DATA")
+            mail_reply = await read()
+            rcpt_replies = [await read() for _ in recipients]
+            data_reply = await read()
+            if mail_reply.code != 250:
+                all_rcpts(mail_reply)
+            else:
+                for r, rep in zip(recipients, rcpt_replies):
+                    result.results[r] = rep.result()
+                    if rep.code in (250, 251):
+                        accepted.append(r)
+            if data_reply.code == 354 and not accepted:
+                proto.send(".")          # RFC 2920 3.1: an empty message, whose reply is ignored
+                await read()
+        else:
+            mail_reply = await command(mail)
+            if mail_reply.code != 250:
+                all_rcpts(mail_reply)
+            else:
+                for r in recipients:
+                    rep = await command(f"RCPT TO:<{r}>")
+                    result.results[r] = rep.result()
+                    if rep.code in (250, 251):
+                        accepted.append(r)
+            data_reply = await command("DATA") if accepted else None
+        if not accepted:
+            return
+        if data_reply.code != 354:
+            for r in accepted:
+                result.results[r] = data_reply.result()
+            return
+        f = await _open(open_message)
+        try:
+            await _stream(proto, f)
+        finally:
+            close = getattr(f, "close", None)
+            if close:
+                close()
+        final = await read()
         for r in accepted:
-            result.results[r] = data_reply.result()
-        await quit()
-        return result
-    f = await _open(open_message)
-    try:
-        await _stream(proto, f)
-    finally:
-        close = getattr(f, "close", None)
-        if close:
-            close()
-    final = await read()
-    for r in accepted:
-        result.results[r] = final.result()
-    await quit()
-    return result
+            result.results[r] = final.result()
 
 
 async def _auth(proto, read, command, ext, auth, where):
@@ -478,6 +571,8 @@ async def deliver_to_domain(reactor, domain, sender, recipients, open_message, s
                 attempts.append((f"{mx}[{address}]", e.reason))
                 continue
             result.mx, result.attempts = mx, attempts
+            if result.session is not None:
+                result.session.mx = mx
             return result
     reasons = "; ".join(f"{h}: {r}" for h, r in attempts) or "no MX hosts"
     raise TemporaryDeliveryError(f"no MX host for {domain} accepted a connection ({reasons})")

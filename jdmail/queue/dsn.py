@@ -34,6 +34,10 @@ SUBJECTS = {
     DELAY: "Delayed Mail (still being retried)",
     SUCCESS: "Successful Mail Delivery Report",
 }
+# The runner's reason for a recipient bounced at the end of the lifetime; its DSN says
+# 4.4.7 (RFC 3463: delivery time expired, a persistent transient failure).
+EXPIRED = "delivery time expired; last error: "
+EXPIRED_STATUS = "4.4.7"
 DEFAULT_STATUS = {FAILURE: "5.0.0", DELAY: "4.0.0", SUCCESS: "2.0.0"}
 DEFAULT_NOTIFY = frozenset({"FAILURE", "DELAY"})
 
@@ -123,6 +127,8 @@ def _original_recipient(orcpt):
 def _split_error(error, remote_mta):
     """(remote host or '', reply or local reason, is-an-SMTP-reply)."""
     error = (error or "").strip()
+    if error.startswith(EXPIRED):
+        error = error[len(EXPIRED):]      # the last attempt's answer is the diagnostic
     m = _SAID.match(error)
     if m and _BASIC.match(m.group(2)):
         remote_mta, error = remote_mta or m.group(1), m.group(2).strip()
@@ -216,6 +222,8 @@ def _text_part(kind, message, rows, reporting_mta, truncated, lifetime, now):
                          SUCCESS: "delivery successful"}[kind]
         if remote:
             text = f"host {remote} said: {text}"
+        if kind == FAILURE and (r.last_error or "").startswith(EXPIRED):
+            text = EXPIRED + text
         lines.append(f"<{r.address}>: {text}")
         lines.append("")
     if truncated:
@@ -305,7 +313,8 @@ def build_dsn(kind, message, recipients, original, reporting_mta, now=None, boun
             status.append(f"Original-Recipient: {original_rcpt}")
         status.append(f"Final-Recipient: {_address_field(r.address)}")
         status.append(f"Action: {action}")
-        status.append(f"Status: {_status(kind, reply)}")
+        expired = kind == FAILURE and (r.last_error or "").startswith(EXPIRED)
+        status.append(f"Status: {EXPIRED_STATUS if expired else _status(kind, reply)}")
         if host:
             status.append(f"Remote-MTA: dns; {_ascii_field(host)}")
         if is_smtp:

@@ -19,7 +19,6 @@ working on (kept in ``self.active``), and for each one:
 
 import dataclasses
 import os
-import time
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -28,13 +27,14 @@ from twisted.logger import Logger
 from jdmail.interfaces import Envelope, Resolution
 from jdmail.queue import dsn
 from jdmail.queue.client import TemporaryDeliveryError, deliver_to_domain, deliver_to_host
+from jdmail.queue.pool import ConnectionCache
 from jdmail.queue.store import OPEN_STATES
 from jdmail.smtp.spool import new_queue_id
 
 log = Logger()
 
 STOP_GRACE = 5.0          # seconds stopService waits for deliveries in progress
-LIFETIME_TEXT = "delivery time expired; last error: {error}"
+LIFETIME_TEXT = dsn.EXPIRED + "{error}"
 
 
 def _domain(address):
@@ -46,8 +46,13 @@ class QueueRunner(service.Service):
 
     ``settings``: the ``[queue]`` section. ``routing``: a RoutingTable. ``directory``
     and ``store``: for recipients that turn out to be local. ``resolver``: a
-    twisted.names resolver (None: the system's).
+    twisted.names resolver (None: the system's). Time is ``reactor.seconds()``, so a
+    ``twisted.internet.task.Clock`` drives it in tests; ``deliver_to_domain`` and
+    ``deliver_to_host`` are attributes for the same reason.
     """
+
+    deliver_to_domain = staticmethod(deliver_to_domain)
+    deliver_to_host = staticmethod(deliver_to_host)
 
     def __init__(self, queue, services, settings, routing, *, directory=None, store=None,
                  resolver=None, spool_dir=None, reactor=None, limit=None):
@@ -68,6 +73,8 @@ class QueueRunner(service.Service):
         self._scanning = False
         self._loop = None
         self._running = set()               # Deferreds of messages in progress
+        self.connections = ConnectionCache(self.reactor, settings.get("connection_reuse_time", 0.0),
+                                           max_idle=max(1, settings["per_destination"]))
 
     # --- service ------------------------------------------------------------------------
 
@@ -86,9 +93,10 @@ class QueueRunner(service.Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        closing = self.connections.close_all()
         running = list(self._running)
         if not running:
-            return None
+            return closing
         # Give transactions in progress a moment; the rest are attempted again after the
         # restart (at least once: a message is removed only once recorded).
         d = defer.DeferredList(running, consumeErrors=True)
@@ -127,7 +135,7 @@ class QueueRunner(service.Service):
     async def _scan(self):
         if len(self.active) >= self._limit:
             return
-        now = time.time()
+        now = self.reactor.seconds()
         due = await self.queue.due(now, self._limit + len(self.active))
         for message in due:
             if message.queue_id in self.active or len(self.active) >= self._limit:
@@ -148,7 +156,7 @@ class QueueRunner(service.Service):
             self.active.discard(message.queue_id)
 
     async def _attempt_message(self, message):
-        now = time.time()
+        now = self.reactor.seconds()
         due = [r for r in message.recipients if r.state in OPEN_STATES and r.next_attempt <= now]
         if not due:
             return
@@ -219,7 +227,8 @@ class QueueRunner(service.Service):
         temp = os.path.join(self.spool_dir, queue_id)
         await self.services.run_blocking(os.link, path, temp)
         try:
-            await self.queue.enqueue(Envelope(queue_id, message.sender), temp, list(addresses))
+            await self.queue.enqueue(Envelope(queue_id, message.sender, smtputf8=message.smtputf8),
+                                     temp, list(addresses))
         finally:
             await self.services.run_blocking(os.unlink, temp)
 
@@ -231,46 +240,56 @@ class QueueRunner(service.Service):
         return sem
 
     async def _deliver_remote(self, message, key, route, addresses):
+        # The destination's slot first: waiting for a busy destination must not hold one
+        # of the global slots, or mail to other destinations would wait behind it.
         sem = self._semaphore(key)
-        await self._global.acquire()
+        await sem.acquire()
         try:
-            await sem.acquire()
+            await self._global.acquire()
             try:
                 return await self._transaction(message, key, route, addresses)
             finally:
-                sem.release()
+                self._global.release()
         finally:
-            self._global.release()
+            sem.release()
 
     async def _transaction(self, message, key, route, addresses):
         s = self.settings
         path = self.queue._file(message.queue_id)
         opener = lambda: self.services.run_blocking(open_outbound, path)   # noqa: E731
         try:
-            eightbit = await self.services.run_blocking(has_8bit, path)
+            eightbit, header8bit = await self.services.run_blocking(scan_8bit, path)
         except OSError:
-            eightbit = False
+            eightbit = header8bit = False
+        smtputf8 = needs_smtputf8(message, addresses, header8bit)
+        content = dict(eightbit=eightbit, smtputf8=smtputf8)
         common = dict(timeout=s.get("timeout", 300), bind_address=s["source_address"] or None,
-                      eightbit=eightbit)
+                      keep=self.connections.enabled, **content)
+        session = await self.connections.take(key) if self.connections.enabled else None
         try:
-            if route is not None and route.kind == "relay":
+            if session is not None:
+                result = await session.deliver(message.sender, addresses, opener, message.size, **content)
+                result.mx = session.mx
+            elif route is not None and route.kind == "relay":
                 relay = route.relay
                 auth = (relay.username, relay.password or "") if relay.username else None
                 if relay.mx_lookup:
-                    result = await deliver_to_domain(
+                    result = await self.deliver_to_domain(
                         self.reactor, relay.host, message.sender, addresses, opener, message.size,
                         s["helo"], resolver=self.resolver, port=relay.port,
                         require_tls=relay.tls == "required", implicit_tls=relay.tls == "implicit",
                         auth=auth, **common)
                 else:
-                    result = await deliver_to_host(
+                    result = await self.deliver_to_host(
                         self.reactor, relay.host, relay.port, message.sender, addresses, opener,
                         message.size, s["helo"], require_tls=relay.tls == "required",
                         implicit_tls=relay.tls == "implicit", auth=auth, **common)
             else:
-                result = await deliver_to_domain(
+                result = await self.deliver_to_domain(
                     self.reactor, key[1], message.sender, addresses, opener, message.size, s["helo"],
                     resolver=self.resolver, port=s["smtp_port"], **common)
+            if session is None:
+                session = result.session
         except TemporaryDeliveryError as e:
             log.info("queue deferred id={id} to={dest}: {reason}", id=message.queue_id,
                      dest=key[1], reason=e.reason)
@@ -278,6 +297,9 @@ class QueueRunner(service.Service):
         except Exception as e:
             log.failure("queue delivery error id={id} to={dest}", id=message.queue_id, dest=key[1])
             return {a: (451, f"451 4.4.0 delivery error: {e}") for a in addresses}
+        finally:
+            if session is not None:
+                self.connections.give(key, session)      # kept for the next one, or closed
         host = result.mx or result.host
         out = {}
         for address in addresses:
@@ -291,7 +313,7 @@ class QueueRunner(service.Service):
     # --- recording and DSNs -------------------------------------------------------------
 
     async def _finish(self, message, due, outcome):
-        now = time.time()
+        now = self.reactor.seconds()
         s = self.settings
         expired = self.queue.expired(message, now, s["lifetime"])
         results, updated = {}, {}
@@ -368,7 +390,7 @@ class QueueRunner(service.Service):
         """A message whose file vanished (recover): bounce what was open, then delete."""
         bounced = [r for r in message.recipients if r.state == "bounced"]
         try:
-            await self._notify(dsn.FAILURE, message, bounced, time.time())
+            await self._notify(dsn.FAILURE, message, bounced, self.reactor.seconds())
         finally:
             await self.queue.delete(message.queue_id)
 
@@ -392,16 +414,41 @@ def open_outbound(path):
         raise
 
 
-def has_8bit(path):
-    """True when the file holds any octet above 127 (then MAIL says BODY=8BITMIME, and a
-    server without 8BITMIME gets no copy: the recipients bounce with 5.6.3)."""
+def scan_8bit(path):
+    """(any 8-bit octet in the file, any in its header section). 8-bit content makes
+    MAIL say BODY=8BITMIME (a server without 8BITMIME gets no copy: 5.6.3); an 8-bit
+    header in a message received with SMTPUTF8 needs SMTPUTF8 on the way out too."""
+    eightbit = header8bit = False
+    in_header, tail = True, b""
     with open(path, "rb") as f:
         while True:
             chunk = f.read(256 * 1024)
             if not chunk:
-                return False
+                break
+            if in_header:
+                data = tail + chunk
+                end = min((i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0),
+                          default=-1)
+                if end >= 0:
+                    in_header = False
+                    header8bit = not data[:end].isascii()
+                elif not data.isascii():
+                    header8bit = True
+                    in_header = False
+                tail = data[-3:]
             if not chunk.isascii():
-                return True
+                eightbit = True
+                if not in_header:
+                    break
+    return eightbit, header8bit
+
+
+def needs_smtputf8(message, addresses, header8bit):
+    """RFC 6531: a non-ASCII envelope address, or a message received with SMTPUTF8 whose
+    header has UTF-8 in it, can only go to a server that offers SMTPUTF8."""
+    if not (message.sender or "").isascii() or not all(a.isascii() for a in addresses):
+        return True
+    return bool(message.smtputf8 and header8bit)
 
 
 def _unlink_quietly(path):

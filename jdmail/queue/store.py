@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS messages (
     ret      TEXT NOT NULL DEFAULT '',
     envid    TEXT NOT NULL DEFAULT '',
     held     INTEGER NOT NULL DEFAULT 0,
-    warned   INTEGER NOT NULL DEFAULT 0
+    warned   INTEGER NOT NULL DEFAULT 0,
+    smtputf8 INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_arrived ON messages (arrived, queue_id);
 CREATE TABLE IF NOT EXISTS recipients (
@@ -147,6 +148,9 @@ class QueueStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+                columns = {r[1] for r in db.execute("PRAGMA table_info(messages)")}
+                if "smtputf8" not in columns:     # a queue made before SMTPUTF8 was kept
+                    db.execute("ALTER TABLE messages ADD COLUMN smtputf8 INTEGER NOT NULL DEFAULT 0")
                 row = db.execute("SELECT max(version) FROM schema_version").fetchone()
                 if row[0] is None:
                     db.execute("INSERT INTO schema_version (version) VALUES (?)",
@@ -211,7 +215,7 @@ class QueueStore:
     def _load(db, rows):
         """QueuedMessages for message rows (in their order), with their recipients."""
         messages = []
-        for queue_id, sender, arrived, size, ret, envid, held, warned in rows:
+        for queue_id, sender, arrived, size, ret, envid, held, warned, smtputf8 in rows:
             recipients = [
                 QueuedRecipient(address=a, state=s, attempts=n, next_attempt=t, last_error=e,
                                 notify=tuple(x for x in notify.split(",") if x), orcpt=o)
@@ -220,10 +224,11 @@ class QueueStore:
                     "FROM recipients WHERE queue_id = ? ORDER BY rowid", (queue_id,))]
             messages.append(QueuedMessage(queue_id=queue_id, sender=sender, recipients=recipients,
                                           arrived=arrived, size=size, ret=ret, envid=envid,
-                                          held=bool(held), warned=bool(warned)))
+                                          held=bool(held), warned=bool(warned),
+                                          smtputf8=bool(smtputf8)))
         return messages
 
-    _COLUMNS = "queue_id, sender, arrived, size, ret, envid, held, warned"
+    _COLUMNS = "queue_id, sender, arrived, size, ret, envid, held, warned, smtputf8"
 
     def _get(self, db, queue_id):
         rows = db.execute(f"SELECT {self._COLUMNS} FROM messages WHERE queue_id = ?",
@@ -293,9 +298,10 @@ class QueueStore:
             fsync_dir(self.messages_dir)
 
             def insert(db):
-                db.execute("INSERT INTO messages (queue_id, sender, arrived, size, ret, envid) "
-                           "VALUES (?, ?, ?, ?, ?, ?)",
-                           (queue_id, envelope.sender, now, size, ret or "", envid or ""))
+                db.execute("INSERT INTO messages (queue_id, sender, arrived, size, ret, envid, smtputf8) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (queue_id, envelope.sender, now, size, ret or "", envid or "",
+                            int(bool(getattr(envelope, "smtputf8", False)))))
                 db.executemany(
                     "INSERT INTO recipients (queue_id, address, state, attempts, next_attempt, "
                     "last_error, notify, orcpt) VALUES (?, ?, 'pending', 0, ?, '', ?, ?)",
