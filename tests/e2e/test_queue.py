@@ -94,6 +94,17 @@ class DirectDeliveryTests(QueueTestCase):
         self.assertIn(b"using TLS", first)
         self.assertIn(b"with ESMTPS id", first)
 
+    def test_smtputf8_goes_with_smtputf8(self):
+        """Received with SMTPUTF8 and a UTF-8 header: MAIL says SMTPUTF8 to the receiving
+        jdmail, which offers it (its Received: line says UTF8SMTPS)."""
+        tok = token()
+        data = f"From: <{SENDER}>\r\nTo: <friend@example.net>\r\nSubject: Grüße {tok}\r\n\r\nHallo\r\n"
+        self.assertEqual(self.submit(["friend@example.net"], data.encode(), mail_options=["SMTPUTF8"]), {})
+        [got] = wait_for(lambda: self.found(self.receiver, "friend@example.net", tok), timeout=20)
+        self.assertIn(f"Subject: Grüße {tok}".encode(), got)
+        first = got.split(b"Received:")[1]
+        self.assertIn(b"with UTF8SMTPS id", first)
+
     def test_trusted_network_relays_without_auth(self):
         tok = token()
         c = smtplib.SMTP("127.0.0.1", self.sender.ports["smtp"], timeout=10)
