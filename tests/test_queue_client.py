@@ -9,7 +9,7 @@ from twisted.internet import defer, protocol, reactor, ssl
 from twisted.protocols.basic import LineReceiver
 from twisted.trial import unittest
 
-from jdmail.queue.client import TemporaryDeliveryError, deliver_to_domain, deliver_to_host
+from jdmail.queue.client import TemporaryDeliveryError, connect_host, deliver_to_domain, deliver_to_host
 from jdmail.queue.mx import NullMX, PermanentDNSError, TemporaryDNSError, resolve_addresses, resolve_mx
 from tests.fixtures.dns import resolver_for, running_dns
 from tests.fixtures.server import running_server
@@ -314,3 +314,53 @@ class ScriptedServerTests(unittest.TestCase):
         d = defer.ensureDeferred(deliver_to_host(reactor, "127.0.0.1", port, "a@s.test", ["x@y.test"],
                                                  message(), 1, "client.test", timeout=5))
         return self.assertFailure(d, TemporaryDeliveryError)
+
+
+class SessionTests(unittest.TestCase):
+    """One connection, several transactions (connection reuse), and SMTPUTF8."""
+
+    async def test_keep_then_rset_then_another_transaction(self):
+        f = scripted(self, ext=("PIPELINING", "8BITMIME"))
+        r = await deliver_to_host(reactor, "127.0.0.1", f.port, "a@s.test", ["good@x.test"], message(),
+                                  len(MESSAGE), "client.test", timeout=5, keep=True)
+        session = r.session
+        self.assertIsNotNone(session)
+        self.assertTrue(session.usable)
+        self.assertTrue(await session.reset())
+        r2 = await session.deliver("a@s.test", ["good2@x.test"], message(), len(MESSAGE))
+        self.assertEqual(r2.results["good2@x.test"], (250, "2.0.0", "queued"))
+        await session.close()
+        verbs = [c.split()[0].upper() for c in f.commands]
+        self.assertEqual(verbs, ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA", "QUIT"])
+        self.assertFalse(session.usable)
+
+    async def test_without_keep_the_connection_is_closed(self):
+        f = scripted(self, ext=("PIPELINING",))
+        r = await deliver_to_host(reactor, "127.0.0.1", f.port, "a@s.test", ["good@x.test"], message(),
+                                  len(MESSAGE), "client.test", timeout=5)
+        self.assertIsNone(r.session)
+        self.assertEqual(f.commands[-1], "QUIT")
+
+    async def test_reset_on_a_dropped_connection_is_false(self):
+        f = scripted(self, ext=())
+        session = await connect_host(reactor, "127.0.0.1", f.port, "client.test", timeout=5)
+        session.proto.transport.loseConnection()
+        await session.proto.closed_d
+        self.assertFalse(await session.reset())
+        await session.close()
+        self.assertEqual(f.commands, ["EHLO client.test"])
+
+    async def test_smtputf8_parameter_when_offered(self):
+        f = scripted(self, ext=("PIPELINING", "8BITMIME", "SMTPUTF8"))
+        r = await deliver_to_host(reactor, "127.0.0.1", f.port, "jörg@s.test", ["good@x.test"], message(),
+                                  len(MESSAGE), "client.test", timeout=5, eightbit=True, smtputf8=True)
+        self.assertEqual(r.accepted(), ["good@x.test"])
+        self.assertEqual(f.commands[1], "MAIL FROM:<jörg@s.test> BODY=8BITMIME SMTPUTF8")
+
+    async def test_smtputf8_not_offered_fails_each_recipient_with_5_6_7(self):
+        f = scripted(self, ext=("PIPELINING", "8BITMIME"))
+        r = await deliver_to_host(reactor, "127.0.0.1", f.port, "a@s.test", ["jörg@x.test", "b@x.test"],
+                                  message(), len(MESSAGE), "client.test", timeout=5, smtputf8=True)
+        self.assertEqual({a: v[:2] for a, v in r.results.items()},
+                         {"jörg@x.test": (553, "5.6.7"), "b@x.test": (553, "5.6.7")})
+        self.assertFalse(any(c.startswith("MAIL") for c in f.commands))

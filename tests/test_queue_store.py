@@ -293,6 +293,24 @@ class RecoverTests(QueueTestCase):
         self.assertEqual(self.queue.recover(), ([], []))
 
 
+class SchemaTests(QueueTestCase):
+
+    async def test_queue_without_the_smtputf8_column_is_upgraded(self):
+        message = await self.enqueue()
+        self.queue.close()
+        db = sqlite3.connect(os.path.join(self.datadir, "queue", "queue.sqlite"))
+        db.execute("ALTER TABLE messages DROP COLUMN smtputf8")     # as made before it existed
+        db.commit()
+        db.close()
+        store = self.open_store()
+        [old] = await store.list()
+        self.assertEqual((old.queue_id, old.smtputf8), (message.queue_id, False))
+        spool = self.spooled()
+        new = await store.enqueue(Envelope(queue_id=spool.queue_id, sender="a@example.org", smtputf8=True),
+                                  spool.path, ["jörg@remote.example"])
+        self.assertTrue(new.smtputf8)
+
+
 class SecondProcessTests(QueueTestCase):
     """jdmailctl opens its own QueueStore on the same directory while the server runs."""
 
