@@ -37,6 +37,7 @@ one (X.0.0) is filled in.
 """
 
 import inspect
+import io
 import ipaddress
 import re
 import socket
@@ -251,7 +252,7 @@ async def _stream(proto, f):
 
 
 async def deliver_to_host(reactor, host, port, sender, recipients, open_message, size, helo, *,
-                          eightbit=False, smtputf8=False, keep=False, **kw):
+                          eightbit=False, smtputf8=False, downgrade=None, keep=False, **kw):
     """Deliver one message to ``recipients`` through ``host``:``port``; see the module docstring.
 
     ``kw`` goes to :func:`connect_host`. With ``keep``, a connection still fit for
@@ -260,8 +261,8 @@ async def deliver_to_host(reactor, host, port, sender, recipients, open_message,
     """
     session = await connect_host(reactor, host, port, helo, **kw)
     try:
-        result = await session.deliver(sender, recipients, open_message, size,
-                                       eightbit=eightbit, smtputf8=smtputf8)
+        result = await session.deliver(sender, recipients, open_message, size, eightbit=eightbit,
+                                       smtputf8=smtputf8, downgrade=downgrade)
     except BaseException:
         await session.close()
         raise
@@ -417,25 +418,30 @@ class SMTPSession:
             except defer.TimeoutError:
                 proto.transport.abortConnection()
 
-    async def deliver(self, sender, recipients, open_message, size, *, eightbit=False, smtputf8=False):
+    async def deliver(self, sender, recipients, open_message, size, *, eightbit=False, smtputf8=False,
+                      downgrade=None):
         """One transaction (MAIL, RCPT..., DATA) on this connection: a DeliveryResult.
 
         ``eightbit``: the content has 8-bit octets (BODY=8BITMIME, or 5.6.3 when the
         server lacks 8BITMIME); ``smtputf8``: the envelope or header needs SMTPUTF8
         (RFC 6531: the SMTPUTF8 parameter, or 5.6.7 when the server lacks it).
+        ``downgrade``: for a server without 8BITMIME, an async callable giving the
+        message converted to 7-bit (bytes), or None when it cannot be (then 5.6.3).
         """
         recipients = list(dict.fromkeys(recipients))
         result = DeliveryResult(results={}, host=self.host, port=self.port, tls=self.tls,
                                 tls_verified=self.tls_verified, extensions=self.extensions)
         self.transactions += 1
         try:
-            await self._transaction(result, sender, recipients, open_message, size, eightbit, smtputf8)
+            await self._transaction(result, sender, recipients, open_message, size, eightbit, smtputf8,
+                                    downgrade)
         except BaseException:
             self._broken = True
             raise
         return result
 
-    async def _transaction(self, result, sender, recipients, open_message, size, eightbit, smtputf8):
+    async def _transaction(self, result, sender, recipients, open_message, size, eightbit, smtputf8,
+                           downgrade):
         read, command, ext = self._read, self._command, self.extensions
 
         def all_rcpts(reply):
@@ -446,8 +452,11 @@ class SMTPSession:
             all_rcpts((553, "5.6.7", "the message needs SMTPUTF8, which the server does not offer"))
             return
         if eightbit and "8BITMIME" not in ext:
-            all_rcpts((554, "5.6.3", "8-bit content to a 7-bit server"))
-            return
+            converted = await downgrade() if downgrade is not None else None
+            if converted is None:
+                all_rcpts((554, "5.6.3", "8-bit content to a 7-bit server, and it cannot be converted"))
+                return
+            open_message, size, eightbit = (lambda: io.BytesIO(converted)), len(converted), False
         if "SIZE" in ext and size is not None:
             try:
                 limit = int(ext["SIZE"] or 0)

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from jdmail.interfaces import Envelope, Resolution
 from jdmail.queue import dsn
 from jdmail.queue.client import TemporaryDeliveryError, deliver_to_domain, deliver_to_host
+from jdmail.queue.downgrade import to_7bit
 from jdmail.queue.pool import ConnectionCache
 from jdmail.queue.store import OPEN_STATES
 from jdmail.smtp.spool import new_queue_id
@@ -262,7 +263,8 @@ class QueueRunner(service.Service):
         except OSError:
             eightbit = header8bit = False
         smtputf8 = needs_smtputf8(message, addresses, header8bit)
-        content = dict(eightbit=eightbit, smtputf8=smtputf8)
+        content = dict(eightbit=eightbit, smtputf8=smtputf8,
+                       downgrade=lambda: self.services.run_blocking(downgrade_file, path))
         common = dict(timeout=s.get("timeout", 300), bind_address=s["source_address"] or None,
                       keep=self.connections.enabled, **content)
         session = await self.connections.take(key) if self.connections.enabled else None
@@ -414,9 +416,16 @@ def open_outbound(path):
         raise
 
 
+def downgrade_file(path):
+    """The outbound message converted to 7-bit for a server without 8BITMIME, or None."""
+    with open_outbound(path) as f:
+        return to_7bit(f.read())
+
+
 def scan_8bit(path):
     """(any 8-bit octet in the file, any in its header section). 8-bit content makes
-    MAIL say BODY=8BITMIME (a server without 8BITMIME gets no copy: 5.6.3); an 8-bit
+    MAIL say BODY=8BITMIME (a server without 8BITMIME gets it converted to 7-bit, or
+    no copy when that is impossible: 5.6.3); an 8-bit
     header in a message received with SMTPUTF8 needs SMTPUTF8 on the way out too."""
     eightbit = header8bit = False
     in_header, tail = True, b""

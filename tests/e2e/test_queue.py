@@ -308,22 +308,30 @@ class RetryTests(QueueTestCase):
 
 
 class EightBitTests(QueueTestCase):
-    """The scripted MX does not offer 8BITMIME: an 8-bit message bounces (5.6.3), a
-    7-bit one is delivered."""
+    """The scripted MX does not offer 8BITMIME: an 8-bit body is converted to
+    quoted-printable (RFC 6152 3); 8-bit in a header cannot be, and bounces (5.6.3)."""
 
     def extra(self):
         self.mx = ScriptedMX([])
         self.addCleanup(self.mx.stop)
         return {"queue": {"smtp_port": str(self.mx.port)}}
 
-    def test_8bit_to_7bit_server_bounces(self):
-        tok1, tok2 = token(), token()
+    def test_8bit_to_7bit_server_converted_or_bounced(self):
+        tok1, tok2, tok3 = token(), token(), token()
         self.submit(["friend@example.net"], body(tok1) + "Grüße\r\n".encode())
         self.submit(["friend@example.net"], body(tok2))
-        [dsn] = wait_for(lambda: self.found(self.sender, SENDER, tok1), timeout=20)
-        self.assertIn(b"Status: 5.6.3", dsn)
+        self.submit(["friend@example.net"], body(tok3, subject="Grüße"))
+        [converted] = wait_for(lambda: [m for m in self.mx.messages if tok1.encode() in m], timeout=20)
+        self.assertTrue(converted.isascii())
+        self.assertIn(b"Content-Transfer-Encoding: quoted-printable\r\n", converted)
+        self.assertIn(b"\r\nGr=C3=BC=C3=9Fe\r\n", converted)
+        parsed = email.message_from_bytes(converted, policy=email.policy.default)
+        self.assertIn("Grüße", parsed.get_payload(decode=True).decode())
         wait_for(lambda: [m for m in self.mx.messages if tok2.encode() in m], timeout=20)
-        self.assertEqual([m for m in self.mx.messages if tok1.encode() in m], [])
+        [dsn] = wait_for(lambda: self.found(self.sender, SENDER, tok3), timeout=20)
+        self.assertIn(b"Status: 5.6.3", dsn)
+        self.assertEqual([m for m in self.mx.messages if tok3.encode() in m], [])
+        self.assertEqual(self.found(self.sender, SENDER, tok1), [])
 
 
 class CrashTests(QueueTestCase):
