@@ -221,6 +221,20 @@ class DeliverToRealJdmailTests(unittest.TestCase):
 
         return defer.ensureDeferred(go())
 
+    async def test_implicit_tls_and_auth_on_smtps(self):
+        r = await deliver_to_host(reactor, "127.0.0.1", self.server.ports["smtps"], "bob@example.test",
+                                  ["bob@example.test"], message(), len(MESSAGE), "client.test",
+                                  implicit_tls=True, tls_context=ssl.CertificateOptions(verify=False),
+                                  auth=("bob@example.test", "secret"), timeout=10)
+        self.assertEqual(r.results["bob@example.test"][0], 250)
+        self.assertTrue(r.tls)
+        self.assertNotIn("STARTTLS", r.extensions)      # TLS from the first octet
+        [path] = self.server.messages("bob@example.test")
+        with open(path, "rb") as f:
+            received = f.read().split(b"Received:")[1]
+        self.assertIn(b"Authenticated sender: bob@example.test", received)
+        self.assertIn(b"ESMTPSA", received)
+
     def test_required_tls_verifies_the_certificate(self):
         # jdmail's self-signed certificate: opportunistic TLS takes it, required TLS does not.
         d = defer.ensureDeferred(deliver_to_host(reactor, "127.0.0.1", self.port, "a@s.test", ["bob@example.test"],

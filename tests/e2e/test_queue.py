@@ -196,20 +196,26 @@ class RelayhostTests(QueueTestCase):
 
 
 class RouteTests(QueueTestCase):
-    """sender:bob@example.org goes through [relay:hq]; carol's mail goes direct to the MX."""
+    """sender:bob@example.org goes through [relay:hq], recipient:example.com through
+    [relay:inbound] (the receiver's MX port, no AUTH); carol's mail to example.net goes
+    direct to the MX; recipient:blocked.example is refused at RCPT."""
 
-    receiver_users = (("friend@example.net", "pw"), (SENDER, "relaypw"))
-    receiver_domains = ("example.net", "example.org")
+    receiver_users = (("friend@example.net", "pw"), ("friend@example.com", "pw"), (SENDER, "relaypw"))
+    receiver_domains = ("example.net", "example.com", "example.org")
     sender_users = ((SENDER, PASSWORD), ("carol@example.org", "carolpw"))
 
     def extra_ini(self):
-        return self.relay_ini(f"sender:{SENDER} = relay:hq")
+        return (self.relay_ini(f"sender:{SENDER} = relay:hq\nrecipient:example.com = relay:inbound\n"
+                               "recipient:blocked.example = reject Mail to blocked.example is not accepted")
+                + f"[relay:inbound]\nhost = 127.0.0.1\nport = {self.receiver.ports['smtp']}\n")
+
+    def carol(self, rcpts, data):
+        return self.submit(rcpts, data, user="carol@example.org", password="carolpw")
 
     def test_per_sender_route(self):
         tok1, tok2 = token(), token()
         self.assertEqual(self.submit(["friend@example.net"], body(tok1)), {})
-        self.assertEqual(self.submit(["friend@example.net"], body(tok2), user="carol@example.org",
-                                     password="carolpw"), {})
+        self.assertEqual(self.carol(["friend@example.net"], body(tok2)), {})
         [relayed] = wait_for(lambda: self.found(self.receiver, "friend@example.net", tok1), timeout=20)
         [direct] = wait_for(lambda: self.found(self.receiver, "friend@example.net", tok2), timeout=20)
         # the receiver's own Received: line (the first one) says how the message came in
@@ -218,6 +224,23 @@ class RouteTests(QueueTestCase):
         self.assertIn(b"ESMTPSA", first(relayed))
         self.assertNotIn(b"Authenticated sender", first(direct))
         self.assertIn(b"with ESMTPS id", first(direct))
+
+    def test_per_domain_route(self):
+        """example.com has no DNS records at all (direct: 5.1.2): only the relay delivers it."""
+        tok = token()
+        self.assertEqual(self.carol(["friend@example.com"], body(tok)), {})
+        [got] = wait_for(lambda: self.found(self.receiver, "friend@example.com", tok), timeout=20)
+        self.assertIn(b"with ESMTPS id", got.split(b"Received:")[1])
+        wait_for(lambda: "0 message(s)" in self.sender.ctl("queue", "list").stdout, timeout=10)
+        self.assertEqual(self.found(self.sender, "carol@example.org", tok), [])  # no bounce
+
+    def test_reject_route_refused_at_rcpt(self):
+        with self.assertRaises(smtplib.SMTPRecipientsRefused) as cm:
+            self.carol(["someone@blocked.example"], body(token()))
+        [(code, text)] = cm.exception.recipients.values()
+        self.assertEqual(code, 550)
+        self.assertEqual(text, b"5.7.1 <someone@blocked.example>: Mail to blocked.example is not accepted")
+        self.assertIn("0 message(s)", self.sender.ctl("queue", "list").stdout)
 
 
 class ScriptedMX:
