@@ -78,6 +78,8 @@ class DeliveryResult:
     extensions: dict = field(default_factory=dict)
     attempts: list = field(default_factory=list)   # (host, reason) of hosts that failed first
     session: object = None         # deliver_to_host(keep=True): the open SMTPSession
+    local: bool = False            # the results are our own decision (SMTPUTF8, 8BITMIME,
+                                   # SIZE missing at the server), not the server's replies
 
     def accepted(self):
         return [r for r, (c, _e, _t) in self.results.items() if 200 <= c < 300]
@@ -448,13 +450,17 @@ class SMTPSession:
             for r in recipients:
                 result.results.setdefault(r, reply.result() if isinstance(reply, Reply) else reply)
 
+        def refuse(code, enhanced, text):
+            result.local = True
+            all_rcpts((code, enhanced, text))
+
         if smtputf8 and "SMTPUTF8" not in ext:
-            all_rcpts((553, "5.6.7", "the message needs SMTPUTF8, which the server does not offer"))
+            refuse(553, "5.6.7", "the message needs SMTPUTF8, which the server does not offer")
             return
         if eightbit and "8BITMIME" not in ext:
             converted = await downgrade() if downgrade is not None else None
             if converted is None:
-                all_rcpts((554, "5.6.3", "8-bit content to a 7-bit server, and it cannot be converted"))
+                refuse(554, "5.6.3", "8-bit content to a 7-bit server, and it cannot be converted")
                 return
             open_message, size, eightbit = (lambda: io.BytesIO(converted)), len(converted), False
         if "SIZE" in ext and size is not None:
@@ -463,7 +469,7 @@ class SMTPSession:
             except ValueError:
                 limit = 0
             if limit and size > limit:
-                all_rcpts((552, "5.3.4", f"message size {size} exceeds the server's limit of {limit}"))
+                refuse(552, "5.3.4", f"message size {size} exceeds the server's limit of {limit}")
                 return
 
         mail = f"MAIL FROM:<{sender}>"

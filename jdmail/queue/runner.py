@@ -306,7 +306,10 @@ class QueueRunner(service.Service):
         out = {}
         for address in addresses:
             code, enhanced, text = result.results.get(address, (451, "4.4.0", "no answer"))
-            out[address] = (code, f"{host} said: {code} {enhanced} {text}".strip())
+            if result.local:      # our decision about this server: no "said", no SMTP code
+                out[address] = (code, f"{enhanced} {text} ({host})")
+            else:
+                out[address] = (code, f"{host} said: {code} {enhanced} {text}".strip())
         log.info("queue attempt id={id} to={dest} via={host} accepted={ok} temporary={tmp} permanent={bad}",
                  id=message.queue_id, dest=key[1], host=host, ok=len(result.accepted()),
                  tmp=len(result.temporary()), bad=len(result.permanent()))

@@ -140,7 +140,9 @@ class SMTPUTF8Tests(SinkTestCase):
         for tok in (tok1, tok2):
             [dsn] = wait_for(lambda tok=tok: self.bounces(tok), timeout=30)
             self.assertIn(b"Action: failed\r\nStatus: 5.6.7\r\n", dsn)
-            self.assertIn(b"Diagnostic-Code: smtp; 553 5.6.7", dsn)
+            self.assertIn(b"Diagnostic-Code: X-jdmail; 5.6.7 the message needs SMTPUTF8, which the server "
+                          b"does not offer (mx.example.net)", dsn)
+            self.assertNotIn(b"Remote-MTA", dsn)            # our decision, not the server's reply
         self.assertIn("jörg@example.net".encode(), self.bounces(tok1)[0])
         [dump] = wait_for(lambda: self.dumps_with(tok3), timeout=30)
         self.assertEqual(dump.mail_args, f"<{SENDER}>")
