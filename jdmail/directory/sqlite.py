@@ -16,6 +16,7 @@ from jdmail.directory.service import MAX_DEPTH, DirectoryService, mailbox_key
 from jdmail.directory.sql import SCHEMA_VERSION, SQLITE, SQLDirectoryBackend, migrate
 from jdmail.errors import DirectoryError, DirectoryUnavailable
 from jdmail.interfaces import IDirectoryFactory, Option
+from jdmail.sqlitedb import prepare
 
 __all__ = ["SQLiteBackend", "SQLiteDirectory", "SQLiteDirectoryFactory", "SCHEMA_VERSION", "MAX_DEPTH",
            "mailbox_key"]
@@ -45,22 +46,10 @@ class SQLiteBackend(SQLDirectoryBackend):
                                  check_same_thread=False)
         except (OSError, sqlite3.Error) as e:
             raise DirectoryError(f"cannot open the directory database {self.path}: {e}") from None
-        try:
-            db.execute("PRAGMA busy_timeout = 5000")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                old, new = migrate(db.cursor(), SQLITE, f"the directory database {self.path}")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            db.close()
-            raise DirectoryError(f"cannot open the directory database {self.path}: {e}") from None
-        except DirectoryError:
-            db.close()
-            raise
+        old, new = prepare(
+            db, ("PRAGMA busy_timeout = 5000", "PRAGMA journal_mode = WAL"),
+            lambda db: migrate(db.cursor(), SQLITE, f"the directory database {self.path}"),
+            lambda e: DirectoryError(f"cannot open the directory database {self.path}: {e}"))
         if old and old != new:
             self.log.info("directory {path}: schema upgraded from version {old} to {new}",
                           path=self.path, old=old, new=new)

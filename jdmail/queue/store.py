@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from jdmail.interfaces import IDeliveryQueue, QueuedMessage, QueuedRecipient
+from jdmail.sqlitedb import prepare
 from jdmail.store.files import fsync_dir
 
 __all__ = ["QueueStore", "QueueError", "backoff", "expired", "OPEN_STATES", "FINAL_STATES",
@@ -138,37 +139,26 @@ class QueueStore:
                                  check_same_thread=False)
         except (OSError, sqlite3.Error) as e:
             raise QueueError(f"cannot open the queue in {self.directory}: {e}") from None
-        try:
-            db.execute("PRAGMA busy_timeout = 10000")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = FULL")
-            db.execute("PRAGMA foreign_keys = ON")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                columns = {r[1] for r in db.execute("PRAGMA table_info(messages)")}
-                if "smtputf8" not in columns:     # a queue made before SMTPUTF8 was kept
-                    db.execute("ALTER TABLE messages ADD COLUMN smtputf8 INTEGER NOT NULL DEFAULT 0")
-                row = db.execute("SELECT max(version) FROM schema_version").fetchone()
-                if row[0] is None:
-                    db.execute("INSERT INTO schema_version (version) VALUES (?)",
-                               (SCHEMA_VERSION,))
-                elif row[0] > SCHEMA_VERSION:
-                    raise QueueError(f"the queue database {self.db_path} has schema version "
-                                     f"{row[0]}; this jdmail knows version {SCHEMA_VERSION} only")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            db.close()
-            raise QueueError(f"cannot open the queue database {self.db_path}: {e}") from None
-        except QueueError:
-            db.close()
-            raise
+        prepare(db, ("PRAGMA busy_timeout = 10000", "PRAGMA journal_mode = WAL",
+                     "PRAGMA synchronous = FULL", "PRAGMA foreign_keys = ON"),
+                self._create_schema,
+                lambda e: QueueError(f"cannot open the queue database {self.db_path}: {e}"))
         return db
+
+    def _create_schema(self, db):
+        """Create or upgrade the tables (inside _open's write transaction)."""
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        columns = {r[1] for r in db.execute("PRAGMA table_info(messages)")}
+        if "smtputf8" not in columns:     # a queue made before SMTPUTF8 was kept
+            db.execute("ALTER TABLE messages ADD COLUMN smtputf8 INTEGER NOT NULL DEFAULT 0")
+        row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+        if row[0] is None:
+            db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif row[0] > SCHEMA_VERSION:
+            raise QueueError(f"the queue database {self.db_path} has schema version "
+                             f"{row[0]}; this jdmail knows version {SCHEMA_VERSION} only")
 
     def close(self):
         """Close the database connection (blocking; the store is unusable afterwards)."""
