@@ -1,11 +1,14 @@
 """``bench/run WORKLOAD [options]``: argument parsing, setup and the report.
 
-Only the ``imap`` workload exists so far (jdmail vs Dovecot); the harness is
-meant to grow (smtp, pop3, queue, filters: issue 7), each workload adding
-rows to the same table and JSON file.
+Each workload is a module with ``add_options(parser)``, ``smoke(args)`` (the
+tiny jdmail-only sizes), ``SERVERS`` (which ``--servers`` it knows),
+``packages(args)`` (the Debian packages it needs) and ``run(args, tmpdir)`` ->
+a result (rows of medians, details, exit status). ``bench/run all`` runs every
+workload with its defaults, one after the other.
 """
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -17,7 +20,7 @@ import time
 
 from bench import report
 
-WORKLOADS = ("imap",)
+WORKLOADS = ("smtp", "imap")
 
 
 def debian_missing(packages):
@@ -41,53 +44,79 @@ def ensure_debian(packages):
     return missing
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="bench/run", description="jdmail benchmarks against peer servers (see bench/README.md)")
-    p.add_argument("workload", choices=WORKLOADS, help="what to measure")
-    p.add_argument("--clients", type=int, default=10, help="concurrent clients in the mixed load (default 10)")
-    p.add_argument("--users", type=int, default=None, help="users with generated mailboxes (default: --clients)")
-    p.add_argument("--seconds", type=float, default=30, help="length of one mixed-load run (default 30)")
-    p.add_argument("--messages", type=int, default=200, help="messages per user mailbox (default 200)")
-    p.add_argument("--big", type=int, default=100000, help="messages in the big mailbox (default 100000; 0 skips)")
-    p.add_argument("--idle", type=int, default=1000, help="idle logged-in connections for the memory figure (default 1000; 0 skips)")
-    p.add_argument("--idle-per-user", type=int, default=5, help="idle connections per user (default 5)")
-    p.add_argument("--no-idle-command", action="store_true", help="idle sessions do not send IDLE even when offered")
+def module(name):
+    return importlib.import_module(f"bench.{name}")
+
+
+def common_options(p):
     p.add_argument("--rounds", type=int, default=3, help="rounds; each figure is the median (default 3)")
-    p.add_argument("--servers", default="jdmail,dovecot", help="comma-separated: jdmail, dovecot (default both)")
-    p.add_argument("--hash", default="SHA512-CRYPT", choices=("BLF-CRYPT", "SHA512-CRYPT", "PLAIN"),
-                   help="password scheme stored for every user on both servers (default SHA512-CRYPT: a few ms; "
-                        "BLF-CRYPT, jdmailctl's default, costs ~100 ms per login and makes 1,000 logins take minutes)")
     p.add_argument("--jdmail-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="extra jdmail INI setting (repeatable)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny sizes, jdmail only, a few seconds (CI); exits 0 when jdmail serves no IMAP yet")
+    p.add_argument("--png", metavar="FILE", help="also draw the figures as a PNG chart (matplotlib)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, jdmail only, a few seconds (CI)")
     p.add_argument("--tmpdir", default=None, help="where the run's temp dir goes (default $TMPDIR or /tmp)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, mail) afterwards")
-    p.add_argument("--seed", type=int, default=1, help="seed for the generated mail and the clients")
-    args = p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=1, help="seed for generated mail and clients")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="bench/run", description="jdmail benchmarks against peer servers "
+                                                              "(see bench/README.md)")
+    sub = p.add_subparsers(dest="workload", required=True, metavar="WORKLOAD")
+    parsers = {}
+    for name in WORKLOADS:
+        mod = module(name)
+        sp = sub.add_parser(name, help=(mod.__doc__ or "").strip().split("\n")[0])
+        mod.add_options(sp)
+        common_options(sp)
+        parsers[name] = sp
+    sp = sub.add_parser("all", help="every workload with its default sizes, one after the other")
+    common_options(sp)
+    parsers["all"] = sp
+    return p, parsers
+
+
+def finish_args(args, name, error):
+    """Smoke sizes, --servers and --jdmail-set parsed, the workload's own checks."""
+    mod = module(name)
     if args.smoke:
-        args.clients, args.seconds, args.messages, args.big = 2, 2.0, 20, 500
-        args.idle, args.rounds, args.servers = 10, 1, "jdmail"
-    args.users = args.users or args.clients
-    args.servers = [s.strip().lower() for s in args.servers.split(",") if s.strip()]
+        mod.smoke(args)
+    if isinstance(args.servers, str):
+        args.servers = [s.strip().lower() for s in args.servers.split(",") if s.strip()]
     for s in args.servers:
-        if s not in ("jdmail", "dovecot"):
-            p.error(f"--servers: unknown server {s!r} (jdmail, dovecot)")
+        if s not in mod.SERVERS:
+            error(f"--servers: unknown server {s!r} ({', '.join(mod.SERVERS)})")
     settings = {}
     for item in args.jdmail_set:
         key, sep, value = item.partition("=")
-        section, dot, name = key.partition(".")
+        section, dot, key_name = key.partition(".")
         if not sep or not dot:
-            p.error(f"--jdmail-set {item!r}: expected SECTION.KEY=VALUE")
-        settings.setdefault(section.strip(), {})[name.strip()] = value.strip()
+            error(f"--jdmail-set {item!r}: expected SECTION.KEY=VALUE")
+        settings.setdefault(section.strip(), {})[key_name.strip()] = value.strip()
     args.jdmail_settings = settings
-    for name in ("clients", "users", "messages", "rounds"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1")
-    if args.seconds <= 0:
-        p.error("--seconds must be positive")
+    if args.rounds < 1:
+        error("--rounds must be at least 1")
+    if hasattr(mod, "check_args"):
+        mod.check_args(args, error)
     return args
+
+
+def parse_args(argv):
+    """The parsed arguments of one workload (for ``all``: a list, one per workload)."""
+    p, parsers = build_parser()
+    args = p.parse_args(argv)
+    if args.workload != "all":
+        return finish_args(args, args.workload, parsers[args.workload].error)
+    out = []
+    common = {k: v for k, v in vars(args).items() if k != "workload"}
+    for name in WORKLOADS:
+        a = parsers[name].parse_args([])
+        for k, v in common.items():
+            setattr(a, k, v)
+        a.workload = name
+        out.append(finish_args(a, name, parsers[name].error))
+    return out
 
 
 def machine_info():
@@ -101,36 +130,51 @@ def machine_info():
     return info
 
 
+def run_one(args):
+    mod = module(args.workload)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    missing = ensure_debian(mod.packages(args))
+    if missing:
+        print(f"bench: please install these Debian packages first (as root: apt-get install {' '.join(missing)})",
+              file=sys.stderr)
+        return {"benchmark": args.workload, "exit": 2, "rows": [], "missing": missing}
+    base = args.tmpdir or os.environ.get("TMPDIR") or "/tmp"
+    tmp = tempfile.mkdtemp(prefix=f"jdmail-bench-{args.workload}-", dir=base)
+    os.chmod(tmp, 0o755)
+    try:
+        result = mod.run(args, tmp)
+    finally:
+        if args.keep:
+            print(f"bench: kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    result["started"] = started
+    report.add_ratios(result)
+    result["machine"] = machine_info()
+    print()
+    print(report.table(result), flush=True)
+    return result
+
+
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.workload == "imap":
-        from bench import imap
-        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        if "dovecot" in args.servers:
-            missing = ensure_debian(["dovecot-imapd", "dovecot-pop3d"])
-            if missing:
-                print(f"bench: please install these Debian packages first (as root: apt-get install {' '.join(missing)})",
-                      file=sys.stderr)
-                return 2
-        base = args.tmpdir or os.environ.get("TMPDIR") or "/tmp"
-        tmp = tempfile.mkdtemp(prefix="jdmail-bench-", dir=base)
-        os.chmod(tmp, 0o755)
+    parsed = parse_args(sys.argv[1:] if argv is None else argv)
+    runs = parsed if isinstance(parsed, list) else [parsed]
+    results = [run_one(a) for a in runs]
+    first = runs[0]
+    doc = results[0] if len(results) == 1 else {"benchmark": "all", "workloads": results,
+                                                  "machine": machine_info()}
+    if first.json:
+        with open(first.json, "w") as f:
+            json.dump(doc, f, indent=2, sort_keys=False)
+            f.write("\n")
+        print(f"\nJSON: {first.json}")
+    if first.png:
+        from bench import chart
         try:
-            result = imap.run(args, tmp)
-        finally:
-            if args.keep:
-                print(f"bench: kept {tmp}", file=sys.stderr)
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
-        result["started"] = started
-        report.add_ratios(result)
-        result["machine"] = machine_info()
-        print()
-        print(report.table(result))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=2, sort_keys=False)
-                f.write("\n")
-            print(f"\nJSON: {args.json}")
-        return result.get("exit", 0)
-    return 2
+            chart.draw(results, first.png)
+            print(f"PNG: {first.png}")
+        except ImportError as e:
+            print(f"bench: no PNG: {e} (pip install matplotlib, or bench/run makes .venv with it)", file=sys.stderr)
+            return 2
+    codes = [r.get("exit", 0) for r in results]
+    return 2 if 2 in codes else max(codes)

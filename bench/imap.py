@@ -33,6 +33,43 @@ def say(msg):
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
+def add_options(p):
+    p.add_argument("--clients", type=int, default=10, help="concurrent clients in the mixed load (default 10)")
+    p.add_argument("--users", type=int, default=None, help="users with generated mailboxes (default: --clients)")
+    p.add_argument("--seconds", type=float, default=30, help="length of one mixed-load run (default 30)")
+    p.add_argument("--messages", type=int, default=200, help="messages per user mailbox (default 200)")
+    p.add_argument("--big", type=int, default=100000, help="messages in the big mailbox (default 100000; 0 skips)")
+    p.add_argument("--idle", type=int, default=1000,
+                   help="idle logged-in connections for the memory figure (default 1000; 0 skips)")
+    p.add_argument("--idle-per-user", type=int, default=5, help="idle connections per user (default 5)")
+    p.add_argument("--no-idle-command", action="store_true", help="idle sessions do not send IDLE even when offered")
+    p.add_argument("--servers", default="jdmail,dovecot", help="comma-separated: jdmail, dovecot (default both)")
+    p.add_argument("--hash", default="SHA512-CRYPT", choices=("BLF-CRYPT", "SHA512-CRYPT", "PLAIN"),
+                   help="password scheme stored for every user on both servers (default SHA512-CRYPT: a few ms; "
+                        "BLF-CRYPT, jdmailctl's default, costs ~100 ms per login and makes 1,000 logins take minutes)")
+
+
+SERVERS = ("jdmail", "dovecot")
+
+
+def smoke(args):
+    args.clients, args.seconds, args.messages, args.big = 2, 2.0, 20, 500
+    args.idle, args.rounds, args.servers = 10, 1, "jdmail"
+
+
+def check_args(args, error):
+    args.users = args.users or args.clients
+    for name in ("clients", "users", "messages"):
+        if getattr(args, name) < 1:
+            error(f"--{name} must be at least 1")
+    if args.seconds <= 0:
+        error("--seconds must be positive")
+
+
+def packages(args):
+    return ["dovecot-imapd"] if "dovecot" in args.servers else []
+
+
 def password_hash(scheme, password):
     if scheme == "PLAIN":
         return "{PLAIN}" + password

@@ -68,9 +68,9 @@ def table(result):
         lines.append(["(no figures)", ""] + ["" for _ in order] + ([""] if "jdmail" in order and peer else []))
     widths = [max(len(str(c[i])) for c in [header] + lines) for i in range(len(header))]
     out = []
-    title = f"{result.get('benchmark', '').upper()} benchmark"
+    title = result.get("title") or f"{result.get('benchmark', '').upper()} benchmark"
     p = result.get("params", {})
-    if p:
+    if p and not result.get("title"):
         title += (f": {p.get('clients')} clients x {p.get('seconds'):g}s, {p.get('users')} users x "
                   f"{p.get('messages')} messages, big mailbox {p.get('big'):,}, {p.get('idle'):,} idle, "
                   f"{p.get('rounds')} round(s), medians")

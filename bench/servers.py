@@ -149,8 +149,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_greeting(port, timeout, proc=None, log=lambda: ""):
-    """Wait until ``port`` answers with an IMAP greeting; raise ServerError otherwise."""
+GREETINGS = {"imap": (b"* OK", b"* PREAUTH"), "pop3": (b"+OK",), "smtp": (b"220",)}
+
+
+def wait_greeting(port, timeout, proc=None, log=lambda: "", protocol="imap"):
+    """Wait until ``port`` answers with a ``protocol`` greeting; raise ServerError otherwise."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -159,13 +162,13 @@ def wait_greeting(port, timeout, proc=None, log=lambda: ""):
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
                 data = s.recv(512)
-                if data.startswith(b"* OK") or data.startswith(b"* PREAUTH"):
+                if data.startswith(GREETINGS[protocol]):
                     return data.decode(errors="replace").strip()
                 last = data
         except OSError as e:
             last = e
         time.sleep(0.1)
-    raise ServerError(f"no IMAP greeting on 127.0.0.1:{port} after {timeout}s ({last!r})\n{log()}")
+    raise ServerError(f"no {protocol.upper()} greeting on 127.0.0.1:{port} after {timeout}s ({last!r})\n{log()}")
 
 
 def stop_process(proc, root_pid, timeout=20):
@@ -232,7 +235,7 @@ base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/log/dovecot.log
 info_log_path = {root}/log/dovecot-info.log
-protocols = imap
+protocols = {protocols}
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
@@ -270,49 +273,90 @@ userdb {{
   args = {root}/users
   default_fields = uid={uid} gid={gid}
 }}
+{services}
+{extra}
+"""
 
-protocol imap {{
+DOVECOT_SERVICE = """
+protocol {proto} {{
   mail_max_userip_connections = {per_user}
 }}
-
-service imap-login {{
-  inet_listener imap {{
+service {proto}-login {{
+  inet_listener {proto} {{
     address = 127.0.0.1
     port = {port}
   }}
-  inet_listener imaps {{
+  inet_listener {proto}s {{
     port = 0
   }}
 {login_extra}}}
-service imap {{
+service {proto} {{
   process_limit = {process_limit}
 }}
-{extra}
+"""
+
+# Dovecot's documented "high-performance mode" for login processes
+# (https://doc.dovecot.org/admin_manual/login_processes/): long-lived login
+# processes, each proxying many clients, one per CPU kept ready.
+PERFORMANCE_LOGIN = """\
+  service_count = 0
+  client_limit = {client_limit}
+  process_min_avail = {cpus}
+  vsz_limit = 1G
+"""
+
+# Idle IMAP sessions in IDLE are moved out of their imap process into one
+# imap-hibernate process (Dovecot's way of holding many idle clients).
+HIBERNATE = """\
+imap_hibernate_timeout = 5s
+service imap-hibernate {{
+  unix_listener imap-hibernate {{
+    mode = 0660
+    user = {internal}
+  }}
+  client_limit = {client_limit}
+  vsz_limit = 1G
+}}
+service imap {{
+  unix_listener imap-master {{
+    user = {internal}
+  }}
+}}
 """
 
 
 class Dovecot:
+    """A private Dovecot serving ``protocols`` (imap, pop3) on loopback ports
+    (``ports[proto]``; ``port`` is the first). ``performance``: Dovecot's
+    high-performance login mode; ``hibernate``: idle IMAP sessions hibernate."""
+
     name = "dovecot"
     label = "Dovecot"
 
-    def __init__(self, root, max_connections=2000, extra_conf=""):
+    def __init__(self, root, max_connections=2000, extra_conf="", protocols=("imap",),
+                 performance=False, hibernate=False):
         self.root = root
         self.mailroot = os.path.join(root, "mail")
         self.conf = os.path.join(root, "dovecot.conf")
         self.port = None
+        self.ports = {}
         self.proc = None
         self.max_connections = max_connections
         self.extra_conf = extra_conf
+        self.protocols = tuple(protocols)
+        self.performance = performance
+        self.hibernate = hibernate
         self.uid, self.gid, self.user = mail_owner()
         self.version = ""
 
     @staticmethod
-    def missing():
-        """Debian packages to install, or [] when dovecot's imap is there."""
-        if shutil.which("dovecot") or os.path.exists("/usr/sbin/dovecot"):
-            if os.path.exists("/usr/lib/dovecot/imap"):
-                return []
-        return ["dovecot-imapd"]
+    def missing(protocols=("imap",)):
+        """Debian packages to install for ``protocols``."""
+        out = []
+        for proto in protocols:
+            if not os.path.exists(f"/usr/lib/dovecot/{proto}"):
+                out.append(f"dovecot-{proto}d")
+        return out
 
     def maildir(self, address):
         return maildir_of(self.mailroot, address)
@@ -330,21 +374,31 @@ class Dovecot:
         with open(path, "w") as f:
             f.writelines(lines)
         os.chmod(path, 0o644)
-        self.port = free_port()
+        self.ports = {proto: free_port() for proto in self.protocols}
+        self.port = self.ports[self.protocols[0]]
         if os.geteuid() == 0:
             users_conf = ""
             login_extra = ""
+            internal = "dovecot"
         else:   # unprivileged: every process runs as us, no chroot
             group = grp.getgrgid(self.gid).gr_name
             users_conf = (f"default_login_user = {self.user}\ndefault_internal_user = {self.user}\n"
                           f"default_internal_group = {group}\n")
             login_extra = "  chroot =\n"
+            internal = self.user
         n = self.max_connections + 100
+        if self.performance:
+            login_extra += PERFORMANCE_LOGIN.format(client_limit=n, cpus=os.cpu_count() or 1)
+        services = "".join(DOVECOT_SERVICE.format(proto=p, port=self.ports[p], per_user=n, login_extra=login_extra,
+                                                  process_limit=n) for p in self.protocols)
+        extra = self.extra_conf
+        if self.hibernate and "imap" in self.protocols:
+            extra += HIBERNATE.format(internal=internal, client_limit=n)
         with open(self.conf, "w") as f:
             f.write(DOVECOT_CONF.format(root=self.root, port=self.port, uid=self.uid, gid=self.gid,
-                                        users=users_conf, login_extra=login_extra,
+                                        users=users_conf, protocols=" ".join(self.protocols),
                                         process_limit=n, client_limit=max(1000, 4 * n),
-                                        per_user=n, extra=self.extra_conf))
+                                        services=services, extra=extra))
         check = subprocess.run(["doveconf", "-c", self.conf, "-n"], capture_output=True, text=True)
         if check.returncode != 0:
             raise ServerError(f"doveconf refused {self.conf}: {check.stderr.strip()}")
@@ -362,7 +416,10 @@ class Dovecot:
                                      stdout=open(os.path.join(self.root, "log", "stdout.log"), "ab"),
                                      stderr=subprocess.STDOUT, preexec_fn=_preexec(nofile))
         try:
-            self.greeting = wait_greeting(self.port, timeout, self.proc, self.log)
+            for proto in self.protocols:
+                g = wait_greeting(self.ports[proto], timeout, self.proc, self.log, protocol=proto)
+                if proto == self.protocols[0]:
+                    self.greeting = g
         except ServerError as e:
             self.stop()
             raise ServerError(f"dovecot: {e}") from None
@@ -393,19 +450,24 @@ def _jdmail_env():
     return e
 
 
-def jdmail_imap_limits(want):
-    """INI settings that lift jdmail's IMAP connection caps (total, per IP, per user) to
-    ``want``: every int option of [imap] whose name says it limits connections."""
+LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
+
+
+def jdmail_limits(want, listeners=("imap",)):
+    """INI settings that lift jdmail's connection caps (total, per IP, per user) of the
+    ``listeners``' sections to ``want``: every int option whose name says it limits
+    connections (``*_per_ip`` caps are lifted entirely: every client is 127.0.0.1)."""
     try:
         from jdmail.config import CORE_SCHEMA
     except Exception:       # noqa: BLE001 - an old or broken checkout: no settings
         return {}
     out = {}
-    for section in ("imap", "auth"):
+    for section in (*listeners, "auth"):
         for key in CORE_SCHEMA.get(section, {}):
             k = key.lower()
             if k.startswith("max_") and ("conn" in k or "session" in k):
-                out.setdefault(section, {})[key] = str(want)
+                out.setdefault(section, {})[key] = "0" if k.endswith("per_ip") and section in ("smtp", "pop3") \
+                    else str(want)
     return out
 
 
@@ -435,8 +497,10 @@ class Jdmail:
     name = "jdmail"
     label = "jdmail"
 
-    def __init__(self, root, max_connections=2000, settings=None):
+    def __init__(self, root, max_connections=2000, settings=None, listeners=("imap",)):
         self.root = root
+        self.listeners = tuple(listeners)
+        self.ports = {}
         self.datadir = os.path.join(root, "data")
         self.mailroot = os.path.join(self.datadir, "mail")
         self.ini = os.path.join(root, "jdmail.ini")
@@ -454,11 +518,10 @@ class Jdmail:
         sections = {
             "jdmail": {"hostname": "mail.example.org", "datadir": self.datadir},
             "auth": {"allow_plaintext": "yes"},
-            "smtp": {"listen": ""}, "submission": {"listen": ""}, "smtps": {"listen": ""},
-            "pop3": {"listen": ""}, "pop3s": {"listen": ""},
-            "imap": {"listen": "tcp:0:interface=127.0.0.1"}, "imaps": {"listen": ""},
         }
-        for section, kv in jdmail_imap_limits(self.max_connections).items():
+        for section in LISTENERS:
+            sections[section] = {"listen": "tcp:0:interface=127.0.0.1" if section in self.listeners else ""}
+        for section, kv in jdmail_limits(self.max_connections, self.listeners).items():
             sections.setdefault(section, {}).update(kv)
         for section, kv in self.settings.items():
             sections.setdefault(section, {}).update(kv)
@@ -516,14 +579,21 @@ class Jdmail:
         if table is None:
             self.stop()
             raise ServerError(f"jdmail did not start listening in {timeout}s\n{self.log()}")
-        if "imap" not in table:
-            log = self.log()
-            if "IMAP is not served" in log or "not served" in log:
-                raise NotServed("jdmail: IMAP not served")
-            raise ServerError(f"jdmail runs but does not listen on [imap]\n{log}")
-        self.port = int(str(table["imap"][0]).rsplit(":", 1)[1])
+        for section in self.listeners:
+            if section not in table:
+                log = self.log()
+                self.stop()
+                if "IMAP is not served" in log or "not served" in log:
+                    raise NotServed(f"jdmail: {section.upper()} not served")
+                raise ServerError(f"jdmail runs but does not listen on [{section}]\n{log}")
+            self.ports[section] = int(str(table[section][0]).rsplit(":", 1)[1])
+        self.port = self.ports[self.listeners[0]]
         try:
-            self.greeting = wait_greeting(self.port, timeout, self.proc, self.log)
+            for section in self.listeners:
+                g = wait_greeting(self.ports[section], timeout, self.proc, self.log,
+                                  protocol="smtp" if section in ("smtp", "submission") else section)
+                if section == self.listeners[0]:
+                    self.greeting = g
         except ServerError as e:
             self.stop()
             raise ServerError(f"jdmail: {e}") from None

@@ -1,0 +1,55 @@
+"""``bench/run WORKLOAD --smoke`` (tiny sizes, jdmail alone) runs every workload of the
+harness, so it cannot rot; each check is that the run completed, verified its mail
+and wrote a table, the JSON file and the PNG chart with jdmail's figures."""
+
+import json
+import os
+import subprocess
+import sys
+
+from twisted.trial.unittest import TestCase
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class BenchSmokeTests(TestCase):
+
+    def smoke(self, workload, *extra):
+        tmp = os.path.abspath(self.mktemp())
+        os.makedirs(tmp)
+        out_json, out_png = os.path.join(tmp, "r.json"), os.path.join(tmp, "r.png")
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        done = subprocess.run([sys.executable, "-m", "bench", workload, "--smoke", "--json", out_json,
+                               "--png", out_png, "--tmpdir", tmp, *extra],
+                              capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        with open(out_json) as f:
+            result = json.load(f)
+        with open(out_png, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        self.assertEqual(result["order"], ["jdmail"])
+        self.assertEqual(result["servers"]["jdmail"]["status"], "ok")
+        self.assertEqual(result["details"]["jdmail"]["errors"], [])
+        rows = {r["key"]: r for r in result["rows"]}
+        self.assertIn(rows[next(iter(rows))]["label"], done.stdout)
+        # the temp dir of the run is gone (only our JSON and PNG are left)
+        self.assertEqual(sorted(os.listdir(tmp)), ["r.json", "r.png"])
+        return result, rows
+
+    def test_smtp(self):
+        result, rows = self.smoke("smtp")
+        run = result["details"]["jdmail"]["runs"][0]
+        # smtp-source's 60 messages and the probe's, every one found in its Maildir
+        self.assertGreaterEqual(run["messages"], 61)
+        self.assertEqual(sum(run["delivered"].values()), run["messages"])
+        self.assertEqual(run["delivered"]["user1@example.org"], 30)
+        self.assertGreater(rows["smtp_msgs_per_s"]["values"]["jdmail"], 0)
+        self.assertGreater(rows["smtp_cpu_per_1000"]["values"]["jdmail"], 0)
+        self.assertGreater(rows["smtp_peak_rss_mb"]["values"]["jdmail"], 10)
+        self.assertLessEqual(rows["smtp_p50_ms"]["values"]["jdmail"], rows["smtp_p99_ms"]["values"]["jdmail"])
+
+    def test_imap(self):
+        result, rows = self.smoke("imap")
+        self.assertGreater(rows["mixed_ops_per_s"]["values"]["jdmail"], 0)
+        self.assertEqual(result["details"]["jdmail"]["idle"][0]["opened"], 10)
+        self.assertIn("check: big mailbox answers agree: 500 messages", "\n".join(result["checks"]))
