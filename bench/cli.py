@@ -20,7 +20,7 @@ import time
 
 from bench import report
 
-WORKLOADS = ("smtp", "imap")
+WORKLOADS = ("smtp", "pop3", "imap")
 
 
 def debian_missing(packages):

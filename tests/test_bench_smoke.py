@@ -53,3 +53,11 @@ class BenchSmokeTests(TestCase):
         self.assertGreater(rows["mixed_ops_per_s"]["values"]["jdmail"], 0)
         self.assertEqual(result["details"]["jdmail"]["idle"][0]["opened"], 10)
         self.assertIn("check: big mailbox answers agree: 500 messages", "\n".join(result["checks"]))
+
+    def test_pop3(self):
+        result, rows = self.smoke("pop3")
+        run = result["details"]["jdmail"]["runs"][0]
+        self.assertEqual(run["messages"], 60)          # 3 clients x 20, each retrieved and deleted
+        # USER, PASS, UIDL, 20 RETR, 20 DELE, QUIT per client
+        self.assertEqual(run["commands"], 3 * 44)
+        self.assertGreater(rows["pop3_msgs_per_s"]["values"]["jdmail"], 0)
