@@ -20,7 +20,7 @@ import time
 
 from bench import report
 
-WORKLOADS = ("smtp", "pop3", "imap")
+WORKLOADS = ("smtp", "pop3", "imap", "connections")
 
 
 def debian_missing(packages):

@@ -306,20 +306,21 @@ PERFORMANCE_LOGIN = """\
 """
 
 # Idle IMAP sessions in IDLE are moved out of their imap process into one
-# imap-hibernate process (Dovecot's way of holding many idle clients).
+# imap-hibernate process (Dovecot's way of holding many idle clients). The mail
+# processes run as another user than imap-hibernate: both sockets are open to
+# all (this instance lives in a private temp dir, on loopback).
 HIBERNATE = """\
 imap_hibernate_timeout = 5s
 service imap-hibernate {{
   unix_listener imap-hibernate {{
-    mode = 0660
-    user = {internal}
+    mode = 0666
   }}
   client_limit = {client_limit}
   vsz_limit = 1G
 }}
 service imap {{
   unix_listener imap-master {{
-    user = {internal}
+    mode = 0666
   }}
 }}
 """
@@ -379,13 +380,11 @@ class Dovecot:
         if os.geteuid() == 0:
             users_conf = ""
             login_extra = ""
-            internal = "dovecot"
         else:   # unprivileged: every process runs as us, no chroot
             group = grp.getgrgid(self.gid).gr_name
             users_conf = (f"default_login_user = {self.user}\ndefault_internal_user = {self.user}\n"
                           f"default_internal_group = {group}\n")
             login_extra = "  chroot =\n"
-            internal = self.user
         n = self.max_connections + 100
         if self.performance:
             login_extra += PERFORMANCE_LOGIN.format(client_limit=n, cpus=os.cpu_count() or 1)
@@ -393,7 +392,7 @@ class Dovecot:
                                                   process_limit=n) for p in self.protocols)
         extra = self.extra_conf
         if self.hibernate and "imap" in self.protocols:
-            extra += HIBERNATE.format(internal=internal, client_limit=n)
+            extra += HIBERNATE.format(client_limit=n)
         with open(self.conf, "w") as f:
             f.write(DOVECOT_CONF.format(root=self.root, port=self.port, uid=self.uid, gid=self.gid,
                                         users=users_conf, protocols=" ".join(self.protocols),

@@ -61,3 +61,10 @@ class BenchSmokeTests(TestCase):
         # USER, PASS, UIDL, 20 RETR, 20 DELE, QUIT per client
         self.assertEqual(run["commands"], 3 * 44)
         self.assertGreater(rows["pop3_msgs_per_s"]["values"]["jdmail"], 0)
+
+    def test_connections(self):
+        result, rows = self.smoke("connections")
+        run = result["details"]["jdmail"]["runs"][0]
+        self.assertEqual((run["opened"], run["idling"]), (20, 20))
+        self.assertGreater(rows["conn20_rss_total"]["values"]["jdmail"], 10)
+        self.assertEqual(rows["conn20_processes"]["values"]["jdmail"], 1)
