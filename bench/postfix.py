@@ -14,6 +14,7 @@ Two roles:
 """
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -222,9 +223,10 @@ class SmtpSink:
 
     def start(self, nofile, timeout=15):
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
-        self.proc = subprocess.Popen(["smtp-sink", *user, "-h", "sink.bench.test", f"127.0.0.1:{self.port}",
+        self.log_path = os.path.join(self.root, f"sink-{time.monotonic_ns()}.log")
+        self.proc = subprocess.Popen(["smtp-sink", *user, "-c", "-h", "sink.bench.test", f"127.0.0.1:{self.port}",
                                       str(self.backlog)],
-                                     stdin=subprocess.DEVNULL, stdout=open(os.path.join(self.root, "sink.log"), "ab"),
+                                     stdin=subprocess.DEVNULL, stdout=open(self.log_path, "ab"),
                                      stderr=subprocess.STDOUT, preexec_fn=servers._preexec(nofile))
         try:
             self.greeting = servers.wait_greeting(self.port, timeout, self.proc, self.log, protocol="smtp")
@@ -233,7 +235,18 @@ class SmtpSink:
             raise servers.ServerError(f"smtp-sink: {e}") from None
 
     def log(self):
-        return servers._tail(os.path.join(self.root, "sink.log"))
+        return servers._tail(self.log_path)
+
+    def received(self):
+        """Messages received since this process started (smtp-sink -c's counter)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, os.path.getsize(self.log_path) - 200))
+                tail = f.read()
+        except OSError:
+            return 0
+        found = re.findall(rb"mesg=(\d+)", tail)
+        return int(found[-1]) if found else 0
 
     def pid(self):
         return self.proc.pid

@@ -68,3 +68,9 @@ class BenchSmokeTests(TestCase):
         self.assertEqual((run["opened"], run["idling"]), (20, 20))
         self.assertGreater(rows["conn20_rss_total"]["values"]["jdmail"], 10)
         self.assertEqual(rows["conn20_processes"]["values"]["jdmail"], 1)
+
+    def test_queue(self):
+        result, rows = self.smoke("queue")
+        run = result["details"]["jdmail"]["runs"][0]
+        self.assertEqual((run["messages"], run["received"]), (30, 30))
+        self.assertGreater(rows["queue_msgs_per_s"]["values"]["jdmail"], 0)
