@@ -20,7 +20,7 @@ import time
 
 from bench import report
 
-WORKLOADS = ("smtp", "pop3", "imap", "connections", "queue")
+WORKLOADS = ("smtp", "pop3", "imap", "connections", "queue", "filters")
 
 
 def debian_missing(packages):

@@ -53,7 +53,7 @@ def table(result):
     peer = next((s for s in order if s != "jdmail"), None)
     header = ["workload", "unit"] + [labels.get(s, s) for s in order]
     if "jdmail" in order and peer:
-        header.append(f"jdmail/{labels.get(peer, peer)}")
+        header.append(result.get("ratio_label") or f"jdmail/{labels.get(peer, peer)}")
     lines = []
     for row in result.get("rows", []):
         cells = [row["label"], row["unit"]]

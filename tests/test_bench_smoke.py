@@ -74,3 +74,11 @@ class BenchSmokeTests(TestCase):
         run = result["details"]["jdmail"]["runs"][0]
         self.assertEqual((run["messages"], run["received"]), (30, 30))
         self.assertGreater(rows["queue_msgs_per_s"]["values"]["jdmail"], 0)
+
+    def test_filters(self):
+        # generated messages (no network), a private clamd and spamd, a trained Bayes table
+        result, rows = self.smoke("filters")
+        run = result["details"]["jdmail"]["runs"][0]
+        self.assertEqual((run["messages"], run["accepted"], run["stored"]), (20, 20, 20))
+        self.assertEqual(result["labels"]["jdmail"], "jdmail + filters")
+        self.assertGreater(rows["filters_helpers_cpu"]["values"]["jdmail"], 0)
