@@ -49,7 +49,7 @@ def add_options(p):
 
 
 def smoke(args):
-    args.messages, args.sessions, args.users, args.rounds, args.servers = 20, 4, 2, 1, "jdmail"
+    args.messages, args.sessions, args.users, args.rounds, args.servers = 10, 4, 2, 1, "jdmail"
 
 
 def check_args(args, error):

@@ -53,7 +53,7 @@ def add_options(p):
 
 
 def smoke(args):
-    args.messages, args.sessions, args.users, args.rounds, args.servers = 60, 4, 2, 1, "jdmail"
+    args.messages, args.sessions, args.users, args.rounds, args.servers = 40, 4, 2, 1, "jdmail"
 
 
 class Probe(threading.Thread):
