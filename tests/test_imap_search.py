@@ -150,6 +150,21 @@ class FlagAndNumberTests(unittest.TestCase):
             self.assertEqual((m.data_calls, m.structure_calls), (0, 0), query)
         return result
 
+    def test_flags_only_programs(self):
+        """Programs decided by flags alone say so, and flags_match gives match's answer
+        (the server answers them per distinct flag set, jdmail.imap.server._flag_search)."""
+        flag_queries = [b"ALL", b"UNSEEN", b"SEEN FLAGGED", b"NOT DELETED", b"OR ANSWERED DRAFT",
+                        b"(UNSEEN UNDELETED)", b"KEYWORD $junk", b"UNKEYWORD nonjunk NOT (SEEN OR DRAFT DELETED)"]
+        for query in flag_queries:
+            program = parse_search(parse_tokens(query))
+            self.assertTrue(program.flags_only, query)
+            ctx = ctx_for(self.msgs)
+            self.assertEqual([m.seq for m in self.msgs if program.flags_match(m.flags)],
+                             [m.seq for m in self.msgs if match(program, m, ctx)], query)
+        for query in [b"NEW", b"OLD", b"RECENT", b"UNSEEN 1:3", b"UID 5", b"SEEN LARGER 10", b"MODSEQ 3",
+                      b"NOT SUBJECT x", b"OR SEEN BEFORE 1-Jan-2020", b"(SEEN $)"]:
+            self.assertFalse(parse_search(parse_tokens(query)).flags_only, query)
+
     def test_system_flags(self):
         self.assertEqual(self.s(b"ALL"), [1, 2, 3, 4, 5])
         self.assertEqual(self.s(b"SEEN"), [1, 3, 5])

@@ -1105,6 +1105,16 @@ class SearchTests(Base):
         self.assertEqual(s.cmd("e UID SEARCH 2:*"), ["* SEARCH 2 3", "e OK UID Search completed"])
         self.assertEqual(s.cmd("f SEARCH BODY html"), ["* SEARCH 2", "f OK Search completed"])
 
+    def test_flag_only_search(self):
+        """Answered from the flags alone (per distinct flag set): same answers as the general way."""
+        s = self.selected(flags={1: ["\\Seen"], 3: ["\\Seen", "\\Flagged"]})
+        self.assertEqual(s.cmd("a UID SEARCH UNSEEN"), ["* SEARCH 2", "a OK UID Search completed"])
+        self.assertEqual(s.cmd("b SEARCH SEEN NOT FLAGGED"), ["* SEARCH 1", "b OK Search completed"])
+        self.assertEqual(s.cmd("c SEARCH RETURN (MIN COUNT) SEEN"),
+                         ['* ESEARCH (TAG "c") MIN 1 COUNT 2', "c OK Search completed"])
+        self.assertEqual(s.cmd("d SEARCH DELETED"), ["* SEARCH", "d OK Search completed"])
+        self.assertEqual(s.cmd("e SEARCH ALL"), ["* SEARCH 1 2 3", "e OK Search completed"])
+
     def test_search_charset_utf8(self):
         s = self.selected()
         self.assertEqual(s.send(b"a SEARCH CHARSET UTF-8 SUBJECT {2}\r\n"), "+ Ready for literal data\r\n")

@@ -49,15 +49,22 @@ class SearchError(Exception):
 class SearchProgram:
     """Parsed criteria. ``needs`` is a frozenset, subset of {"structure", "data"}:
     what ``match`` will ask a message for. ``uses_modseq`` is True when MODSEQ
-    appears (the untagged SEARCH answer then carries (MODSEQ n))."""
+    appears (the untagged SEARCH answer then carries (MODSEQ n)). ``flags_only`` is True
+    when only the message's flags decide (ALL, flag and keyword keys, NOT, OR and
+    groups of these): ``flags_match`` then answers for a flag set alone."""
 
-    __slots__ = ("needs", "uses_modseq", "_fn", "text")
+    __slots__ = ("needs", "uses_modseq", "_fn", "text", "flags_only")
 
-    def __init__(self, fn, needs, uses_modseq, text=""):
+    def __init__(self, fn, needs, uses_modseq, text="", flags_only=False):
         self._fn = fn
         self.needs = frozenset(needs)
         self.uses_modseq = uses_modseq
         self.text = text
+        self.flags_only = flags_only
+
+    def flags_match(self, flags):
+        """For a ``flags_only`` program: True when a message with ``flags`` matches."""
+        return bool(self._fn(_FlagsOnly(flags), None, None))
 
     def __repr__(self):
         return "<SearchProgram needs=%s modseq=%s>" % (sorted(self.needs), self.uses_modseq)
@@ -70,6 +77,13 @@ def match(program, msg, ctx):
     and optionally ``saved`` (the SEARCHRES result ``$``, a set of UIDs) and
     ``tzinfo``."""
     return program._fn(msg, ctx, _Lazy(msg) if program.needs else None)
+
+
+class _FlagsOnly:
+    __slots__ = ("flags",)
+
+    def __init__(self, flags):
+        self.flags = flags
 
 
 # --- per-message lazy values ----------------------------------------------------------------
@@ -200,6 +214,7 @@ class _Parser:
         self.charset = charset
         self.needs = set()
         self.uses_modseq = False
+        self.flags_only = True
         self.depth = 0
 
     # token helpers
@@ -280,6 +295,8 @@ class _Parser:
             raise SearchError("Unexpected string where a search key was expected")
         name = token.upper()
         handler = _KEYS.get(name)
+        if name not in _FLAG_KEYS:
+            self.flags_only = False
         if handler is not None:
             return handler(self, name)
         if name == "$" or _SEQ_SET.match(token):
@@ -553,6 +570,10 @@ _KEYS = {
     "MODSEQ": _k_modseq,
 }
 
+# keys whose answer depends on nothing but the flags (and on the keys they combine)
+_FLAG_KEYS = frozenset({"ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "SEEN", "UNANSWERED", "UNDELETED",
+                        "UNDRAFT", "UNFLAGGED", "UNSEEN", "KEYWORD", "UNKEYWORD", "NOT", "OR"})
+
 
 def parse_search(args, utf8=False):
     """Parse SEARCH criteria: ``args`` is every token after SEARCH (Atom for atoms,
@@ -575,4 +596,4 @@ def parse_search(args, utf8=False):
         tokens = tokens[2:]
     parser = _Parser(tokens, utf8, charset)
     fn = parser.program()
-    return SearchProgram(fn, parser.needs, parser.uses_modseq)
+    return SearchProgram(fn, parser.needs, parser.uses_modseq, flags_only=parser.flags_only)

@@ -1774,14 +1774,20 @@ class IMAPServer(imap4.IMAP4Server):
         records = self.folder.records
         ctx = SimpleNamespace(last_seq=len(records), last_uid=records[-1].uid if records else 0)
 
-        def keep(m):
-            if match(program, m, ctx):
-                m._data = m._structure = None       # only seq, uid and modseq are used below
-                return True
-            return False
-        hits = await self._candidates(program, keep)
-        numbers = [m.uid if uid else m.seq for m in hits]
-        top_modseq = max((m.modseq for m in hits), default=0)
+        if getattr(program, "flags_only", False):
+            # decided by the flags alone: once per distinct flag set (a folder has few;
+            # records with the same flags share one frozenset), no per-message objects
+            numbers, top_modseq = _flag_search(program, records, uid, uses_modseq)
+        else:
+            def keep(m):
+                if match(program, m, ctx):
+                    m._data = m._structure = None       # only seq, uid and modseq are used below
+                    return True
+                return False
+            hits = await self._candidates(program, keep)
+            numbers = [m.uid if uid else m.seq for m in hits]
+            top_modseq = max((m.modseq for m in hits), default=0)
+        hits = numbers
         if returns is None:
             out = [b"* SEARCH"]
             for k in range(0, len(numbers), 5000):
@@ -1823,6 +1829,23 @@ class IMAPServer(imap4.IMAP4Server):
         numbers = [m.uid if uid else m.seq for m in sort_messages(sort_program, hits)]
         self._send(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
         return None
+
+
+def _flag_search(program, records, by_uid, want_modseq):
+    """(UIDs or sequence numbers of the matching records, their highest MODSEQ) for a
+    ``flags_only`` search program."""
+    verdicts = {}
+    for record in records:
+        flags = record.flags
+        if flags not in verdicts:
+            verdicts[flags] = program.flags_match(flags)
+    if all(verdicts.values()):
+        seqs = range(1, len(records) + 1)
+    else:
+        seqs = [seq for seq, record in enumerate(records, 1) if verdicts[record.flags]]
+    out = [records[seq - 1].uid for seq in seqs] if by_uid else list(seqs)
+    top = max((records[seq - 1].modseq or 0 for seq in seqs), default=0) if want_modseq else 0
+    return out, top
 
 
 def _uid_list(uids):
