@@ -317,10 +317,13 @@ class IMessageStore(Interface):
 
     name = Attribute("The component's INI name")
 
-    def deliver(mailboxes, path):
-        """Deliver the complete, fsynced message file at ``path`` into the INBOX of
-        each mailbox key in ``mailboxes``. Returns a Deferred/coroutine firing when
-        every copy is on disk and its directory entry fsynced; raises on failure."""
+    def deliver(mailboxes, path, folders=None, before=None):
+        """Deliver the complete, fsynced message file at ``path`` into the INBOX (or
+        the folder ``folders`` names) of each mailbox key in ``mailboxes``. Returns a
+        Deferred/coroutine firing when every copy is on disk and its directory entry
+        fsynced; raises on failure. ``before``, when given, is a blocking callable that
+        makes ``path`` complete and fsynced: run it on the thread pool before the file
+        is used (with the store's own blocking work, so one hand-over does both)."""
 
     def mailbox(mailbox, folder="INBOX"):
         """Return an IMailboxStore for one folder of one mailbox key (created if missing)."""
@@ -489,8 +492,11 @@ class IFilter(Interface):
 class IDeliveryAgent(Interface):
     """Takes an accepted message and its resolved recipients and delivers it."""
 
-    def deliver(envelope, path):
-        """Deliver the fsynced message at ``path``; return {recipient: None or error text}."""
+    def deliver(envelope, path, commit=None):
+        """Deliver the fsynced message at ``path``; return {recipient: None or error text}.
+        With ``commit`` (a blocking callable that fsyncs ``path``; the SMTP server's
+        spool commit) the file is durable only once it has run: the agent runs it on
+        the thread pool before anything reads the file."""
 
 
 @dataclass

@@ -49,7 +49,9 @@ class FakeDelivery:
     def __init__(self):
         self.delivered = []          # [(envelope, bytes of the spool file)]
 
-    async def deliver(self, envelope, path):
+    async def deliver(self, envelope, path, commit=None):
+        if commit is not None:          # the spool commit (fsync, inserted headers): before any read
+            commit()
         with open(path, "rb") as f:
             self.delivered.append((envelope, f.read()))
         return {}
@@ -286,7 +288,7 @@ class TimeoutTests(ServerTestCase):
     def test_not_while_the_server_works(self):
         """A slow delivery is not the client's idleness: no 421 while it runs; 250 when it ends."""
         pending = Deferred()
-        self.factory.delivery.deliver = lambda envelope, path: pending
+        self.factory.delivery.deliver = lambda envelope, path, commit=None: pending
         self.start_data()
         self.send(b"Subject: slow\r\n\r\nhi\r\n.\r\n")
         self.clock.advance(self.factory.settings["command_timeout"] * 3)

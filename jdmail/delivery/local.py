@@ -49,13 +49,16 @@ class LocalDelivery:
             pass            # a "Junk" without the attribute (or made meanwhile): use it
         return "Junk"
 
-    async def deliver(self, envelope, path):
+    async def deliver(self, envelope, path, commit=None):
         mailboxes = []
         for _address, resolution in envelope.recipients:
             for mailbox in resolution.mailboxes:
                 if mailbox not in mailboxes:
                     mailboxes.append(mailbox)
         remote = self.remote_addresses(envelope)
+        if commit is not None and (remote or not mailboxes):
+            await self._store.deliver([], path, before=commit)     # the queue reads the file: durable first
+            commit = None
         if remote:
             if self._queue is None:
                 raise RuntimeError("remote recipients but no outbound queue")
@@ -64,7 +67,7 @@ class LocalDelivery:
                 ret=envelope.ret, envid=envelope.envid)
         if mailboxes and envelope.junk:
             folders = {m: await self.junk_folder(m) for m in mailboxes}
-            await self._store.deliver(mailboxes, path, folders=folders)
+            await self._store.deliver(mailboxes, path, folders=folders, before=commit)
         elif mailboxes:
-            await self._store.deliver(mailboxes, path)
+            await self._store.deliver(mailboxes, path, before=commit)
         return {address: None for address, _resolution in envelope.recipients}

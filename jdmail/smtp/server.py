@@ -15,6 +15,7 @@ handling), with the command engine replaced, because Twisted's:
 
 import base64
 import binascii
+import functools
 import re
 import time
 
@@ -901,12 +902,14 @@ class ESMTPServer(smtp.ESMTP):
             return self.reply(250, "2.0.0", f"Ok: queued as {txn.queue_id}")
         try:
             forged = re.search(rb"(?im)^authentication-results[ \t]*:", txn.headers_raw)
-            await self.factory.services.run_blocking(txn.spool.commit, disposition.header_block,
-                                                     self.factory.hostname if forged else None)
+            commit = functools.partial(txn.spool.commit, disposition.header_block,
+                                       self.factory.hostname if forged else None)
             if disposition.action == Action.QUARANTINE:
+                await self.factory.services.run_blocking(commit)
                 await self.factory.quarantine.keep(envelope, txn.spool.path, disposition.reasons)
             else:
-                await self.factory.delivery.deliver(envelope, txn.spool.path)
+                # the spool file's fsync runs with the store's links and directory fsync
+                await self.factory.delivery.deliver(envelope, txn.spool.path, commit=commit)
         except Exception:
             self.log.failure("smtp delivery failed id={id}", id=txn.queue_id)
             self._log_transaction("tempfail 451 4.3.0 delivery failed", txn, state["size"])

@@ -353,21 +353,27 @@ class MaildirStore:
             return st.used()
         return await st.call(work)
 
-    async def deliver(self, mailboxes, path, folders=None):
+    async def deliver(self, mailboxes, path, folders=None, before=None):
         """``folders`` ({mailbox: folder name}, default INBOX) delivers into existing
-        other folders, e.g. the Junk folder (jdmail.delivery.local finds or makes it)."""
+        other folders, e.g. the Junk folder (jdmail.delivery.local finds or makes it).
+        ``before`` (a blocking callable, e.g. the SMTP spool file's fsync) runs first on
+        the same pool thread: one hand-over to the pool per message instead of two."""
         mailboxes = list(dict.fromkeys(mailboxes))
         if not mailboxes:
+            if before is not None:
+                await self._services.run_blocking(before)
             return
         folders = folders or {}
-        await self._services.run_blocking(self._deliver_sync, mailboxes, path, folders)
+        await self._services.run_blocking(self._deliver_sync, mailboxes, path, folders, before)
         for key in mailboxes:
             st = self._accounts.get(key)
             f = st.folders.get(folders.get(key, "INBOX")) if st is not None else None
             if f is not None:
                 f.delivered()
 
-    def _deliver_sync(self, mailboxes, path, folders=None):
+    def _deliver_sync(self, mailboxes, path, folders=None, before=None):
+        if before is not None:
+            before()
         size = os.stat(path).st_size
         made = []
         try:
