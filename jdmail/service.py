@@ -5,7 +5,7 @@ import json
 import os
 
 from twisted.application import service
-from twisted.internet.defer import gatherResults, maybeDeferred
+from twisted.internet.defer import DeferredList, ensureDeferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger, globalLogPublisher, textFileLogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -30,10 +30,13 @@ log = Logger()
 
 
 class ThreadPoolService(service.Service):
-    """Starts and stops jdmail's own thread pool with the application."""
+    """Starts and stops jdmail's own thread pool with the application. ``before_stop``:
+    coroutine functions (or functions returning a Deferred) of last work on the pool (the store's
+    snapshots), run at shutdown before the pool stops; their failures are logged."""
 
     def __init__(self, pool):
         self.pool = pool
+        self.before_stop = []
 
     def startService(self):
         super().startService()
@@ -41,7 +44,15 @@ class ThreadPoolService(service.Service):
 
     def stopService(self):
         super().stopService()
-        self.pool.stop()
+        work = [maybeDeferred(lambda f=f: ensureDeferred(f())) for f in self.before_stop]
+        d = DeferredList(work, consumeErrors=True)
+
+        def stop(results):
+            for ok, failure in results:
+                if not ok:
+                    log.failure("shutdown work failed", failure)
+            self.pool.stop()
+        return d.addCallback(stop)
 
 
 class ListenersService(service.Service):
@@ -235,11 +246,14 @@ def make_service(config, reactor):
 
     top = service.MultiService()
     pool = ThreadPool(minthreads=1, maxthreads=max(1, config["jdmail"]["threads"]), name="jdmail")
-    ThreadPoolService(pool).setServiceParent(top)
+    pool_service = ThreadPoolService(pool)
+    pool_service.setServiceParent(top)
     services = Services(reactor=reactor, config=config, hostname=config.hostname, datadir=datadir,
                         threadpool=pool, extra={"spool_dir": spool_dir})
     services.directory = _build_component(config, "directory", services, errors)
     services.store = _build_component(config, "store", services, errors)
+    if hasattr(services.store, "save_snapshots"):
+        pool_service.before_stop.append(services.store.save_snapshots)
     portal = make_portal(services.directory)
     queue = runner = None
     if not errors:

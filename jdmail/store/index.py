@@ -19,6 +19,10 @@ What it holds (schema version 1):
     (folder, uid, modseq) of every expunged message, for QRESYNC VANISHED.
 ``subscriptions``
     subscribed names (they need not exist, RFC 3501 6.3.6).
+``snapshots``
+    (folder) -> its message rows packed in one BLOB, for big folders (added to any
+    index when it is opened, with the triggers that delete a folder's snapshot when
+    one of its rows changes; see jdmail/store/snapshot.py).
 ``meta``
     schema version, the last UIDVALIDITY handed out, whether the default
     special-use folders were created.
