@@ -8,13 +8,14 @@ structure from jdmail.mime (cached by the store), and body sections are cut
 from the message octets by jdmail.mime.
 """
 
+import operator
 import re
 from dataclasses import dataclass
 
 from jdmail.imap.parser import Atom, ParseError, parse_tokens
 from jdmail.imap.responses import flags_list, internaldate, quoted
 
-__all__ = ["FetchRequest", "Section", "parse_fetch", "render", "record_flags"]
+__all__ = ["FastFetch", "FetchRequest", "Section", "fast_renderer", "parse_fetch", "render", "record_flags"]
 
 _ATTR = re.compile(r"(BODY\.PEEK|BODY|BINARY\.PEEK|BINARY|BINARY\.SIZE)\[([^\]]*)\](?:<([0-9]+)(?:\.([0-9]+))?>)?$",
                    re.IGNORECASE)
@@ -220,6 +221,49 @@ def record_flags(record, recent=()):
     if recent and record.uid in recent:
         return flags_list(record.flags | _RECENT)
     return flags_list(record.flags)
+
+
+# FETCH items answered from the record's numbers and flags (format, column)
+_FAST = {"UID": (b"UID %d", operator.itemgetter(0)), "FLAGS": (b"FLAGS %s", None),
+         "MODSEQ": (b"MODSEQ (%d)", operator.itemgetter(2)), "RFC822.SIZE": (b"RFC822.SIZE %d", operator.itemgetter(3))}
+_FLAGS_OF = operator.itemgetter(1)
+
+
+class FastFetch:
+    """A FETCH of nothing but UID, FLAGS, MODSEQ and RFC822.SIZE, rendered column by
+    column (one format operation per message; FETCH 1:* (FLAGS) of a big folder)."""
+
+    def __init__(self, items):
+        self.items = items
+        self.fmt = b"* %d FETCH (" + b" ".join(_FAST[item][0] for item in items) + b")\r\n"
+
+    def render(self, records, start, stop, recent=()):
+        """The responses of records[start:stop] (sequence numbers start+1...), as ``render``
+        gives them, joined."""
+        chunk = records[start:stop]
+        columns = []
+        for item in self.items:
+            column = _FAST[item][1]
+            if column is not None:
+                columns.append(map(column, chunk))
+            elif recent:
+                columns.append([record_flags(record, recent) for record in chunk])
+            else:
+                shown = {flags: flags_list(flags) for flags in set(map(_FLAGS_OF, chunk))}
+                columns.append(map(shown.__getitem__, map(_FLAGS_OF, chunk)))
+        fmt = self.fmt
+        return b"".join([fmt % values for values in zip(range(start + 1, stop + 1), *columns)])
+
+
+def fast_renderer(req, uid_fetch):
+    """A FastFetch for ``req`` when it asks for nothing but UID, FLAGS, MODSEQ and
+    RFC822.SIZE; None otherwise."""
+    items = list(req.items)
+    if not items or not all(type(item) is str and item in _FAST for item in items):
+        return None
+    if uid_fetch and "UID" not in items:
+        items.insert(0, "UID")
+    return FastFetch(items)
 
 
 def render(req, seq, record, uid_fetch, extra_items=(), structure=None, data=None, recent=()):

@@ -58,7 +58,7 @@ from jdmail.flow import Throttle
 from jdmail.auth import DisabledAccount, IAccountAvatar
 from jdmail.errors import DirectoryUnavailable
 from jdmail.imap import listing
-from jdmail.imap.fetch import Section, parse_fetch, record_flags, render
+from jdmail.imap.fetch import Section, fast_renderer, parse_fetch, record_flags, render
 from jdmail.imap.parser import Atom, ParseError, astring, literal_suffix, parse_command
 from jdmail.imap.responses import (
     MailboxNameError, SYSTEM_FLAGS, canonical_flag, decode_mailbox, format_set,
@@ -1427,7 +1427,14 @@ class IMAPServer(imap4.IMAP4Server):
         changedsince = req.changedsince
         recent = self._recent_uids()
         records = folder.records
-        if req.index_only:
+        fast = fast_renderer(req, uid) if changedsince is None else None
+        if fast is not None:
+            for start, stop in spans:
+                for k in range(start, stop, 512):
+                    self._send(fast.render(records, k, min(k + 512, stop), recent))
+                    if self._out_size > FLUSH_AT:
+                        await self._drain()
+        elif req.index_only:
             for i in iter_spans(spans):
                 record = records[i]
                 if changedsince is not None and record.modseq <= changedsince:
