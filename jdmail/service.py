@@ -10,7 +10,6 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger, globalLogPublisher, textFileLogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from jdmail import tls
 from jdmail.auth import make_portal
@@ -23,6 +22,7 @@ from jdmail.imap.server import IMAPFactory
 from jdmail.limits import ConnectionCounter
 from jdmail.pop3.server import POP3Factory
 from jdmail.services import Services
+from jdmail.threads import BlockingPool
 from jdmail.smtp.server import Listener, SMTPFactory
 from jdmail.smtp.spool import clean_spool
 
@@ -245,7 +245,7 @@ def make_service(config, reactor):
             globalLogPublisher.addObserver(textFileLogObserver(log_file))
 
     top = service.MultiService()
-    pool = ThreadPool(minthreads=1, maxthreads=max(1, config["jdmail"]["threads"]), name="jdmail")
+    pool = BlockingPool(reactor, config["jdmail"]["threads"], name="jdmail")
     pool_service = ThreadPoolService(pool)
     pool_service.setServiceParent(top)
     services = Services(reactor=reactor, config=config, hostname=config.hostname, datadir=datadir,

@@ -8,8 +8,8 @@ class Services:
     """What ``IComponentFactory.build(name, settings, services)`` receives.
 
     ``threadpool`` is jdmail's own pool for blocking work (fsync, password
-    hashing, SQL); run work on it with
-    ``twisted.internet.threads.deferToThreadPool(services.reactor, services.threadpool, f, *args)``.
+    hashing, SQL): a jdmail.threads.BlockingPool in the server (a Twisted ThreadPool
+    also works, e.g. in jdmailctl); run work on it with ``run_blocking``.
     ``directory`` and ``store`` are filled in once built, in that order.
     """
     reactor: object
@@ -24,5 +24,8 @@ class Services:
 
     def run_blocking(self, f, *args, **kwargs):
         """Run ``f`` on the thread pool; returns a Deferred of its result."""
+        run = getattr(self.threadpool, "run", None)
+        if run is not None:
+            return run(f, *args, **kwargs)
         from twisted.internet.threads import deferToThreadPool
         return deferToThreadPool(self.reactor, self.threadpool, f, *args, **kwargs)

@@ -28,3 +28,48 @@ class BeforeStopTests(unittest.TestCase):
         self.assertEqual(seen, ["ran on the pool", True])
         self.assertFalse(pool.started)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class BlockingPoolTests(unittest.TestCase):
+
+    def setUp(self):
+        from twisted.internet import reactor
+        from jdmail.threads import BlockingPool
+        self.pool = BlockingPool(reactor, 3, name="t")
+
+    async def test_results_errors_and_thread_limit(self):
+        import threading
+        import time
+        self.pool.start()
+        self.addCleanup(self.pool.stop)
+        names = set()
+        gate = threading.Event()
+
+        def work(n):
+            names.add(threading.current_thread().name)
+            gate.wait(5)
+            return n * 2
+        ds = [self.pool.run(work, n) for n in range(10)]
+        time.sleep(0.2)
+        gate.set()
+        self.assertEqual(await defer.gatherResults(ds), [n * 2 for n in range(10)])
+        self.assertLessEqual(len(names), 3)
+        self.assertEqual({threading.current_thread().name} & names, set())
+
+        def boom():
+            raise ValueError("bad value")
+        with self.assertRaises(ValueError):
+            await self.pool.run(boom)
+        self.assertEqual(await self.pool.run(lambda a, b=0: a + b, 1, b=2), 3)
+
+    async def test_queued_before_start_and_finished_by_stop(self):
+        done = []
+        d = self.pool.run(done.append, "early")
+        self.assertEqual(done, [])
+        self.pool.start()
+        await d
+        d2 = self.pool.run(done.append, "last")
+        self.pool.stop()
+        self.assertEqual(done, ["early", "last"])
+        self.assertEqual(self.pool._threads, [])
+        await d2

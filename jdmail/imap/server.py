@@ -932,7 +932,8 @@ class IMAPServer(imap4.IMAP4Server):
         self.folder = folder
         self.state = SELECTED
         records = folder.records
-        keywords = set().union(*(r.flags for r in records)) if records else set()
+        # the union of the few distinct flag sets, not of one per message
+        keywords = set().union(*{r.flags for r in records}) if records else set()
         keywords = sorted(f for f in keywords if not f.startswith("\\"))
         flags = " ".join(list(SYSTEM_FLAGS) + keywords).encode()
         out = [b"* FLAGS (" + flags + b")\r\n"]
