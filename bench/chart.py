@@ -50,3 +50,25 @@ def draw(results, path, columns=4):
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def main(argv=None):
+    """``python -m bench.chart OUT.png RESULT.json...``: one chart of several runs' JSON
+    files (each a workload's result, or ``bench/run all``'s)."""
+    import json
+    import sys
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 2:
+        print("usage: python -m bench.chart OUT.png RESULT.json...", file=sys.stderr)
+        return 2
+    results = []
+    for path in args[1:]:
+        with open(path) as f:
+            doc = json.load(f)
+        results.extend(doc["workloads"] if "workloads" in doc else [doc])
+    draw(results, args[0])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -82,3 +82,31 @@ class BenchSmokeTests(TestCase):
         self.assertEqual((run["messages"], run["accepted"], run["stored"]), (10, 10, 10))
         self.assertEqual(result["labels"]["jdmail"], "jdmail + filters")
         self.assertGreater(rows["filters_helpers_cpu"]["values"]["jdmail"], 0)
+
+
+class BenchOptionsTests(TestCase):
+    """bench/run's option parsing, without running anything."""
+
+    def test_all_runs_every_workload_with_its_defaults(self):
+        from bench import cli
+        runs = cli.parse_args(["all", "--rounds", "2", "--json", "x.json"])
+        self.assertEqual([a.workload for a in runs], list(cli.WORKLOADS))
+        self.assertEqual({a.rounds for a in runs}, {2})
+        smtp = runs[cli.WORKLOADS.index("smtp")]
+        self.assertEqual((smtp.messages, smtp.size, smtp.sessions), (10000, 4096, 20))
+        self.assertEqual(smtp.servers, ["jdmail", "postfix", "smtp-sink"])
+        conn = runs[cli.WORKLOADS.index("connections")]
+        self.assertEqual(conn.sizes, [1000, 10000])
+
+    def test_sizes_and_servers_are_checked(self):
+        from bench import cli
+        self.assertEqual(cli.parse_args(["smtp", "--size", "100K"]).size, 102400)
+        for argv in (["smtp", "--size", "big"], ["pop3", "--servers", "postfix"], ["smtp", "--jdmail-set", "x"]):
+            with self.assertRaises(SystemExit) as done:
+                with open(os.devnull, "w") as null:
+                    saved, sys.stderr = sys.stderr, null
+                    try:
+                        cli.parse_args(argv)
+                    finally:
+                        sys.stderr = saved
+            self.assertEqual(done.exception.code, 2, argv)
