@@ -23,6 +23,7 @@ import sys
 import time
 
 from bench import imapload, maildata, servers
+from bench.measure import Meter
 from bench.report import Row
 
 PASSWORD = "bench-Passw0rd"
@@ -140,9 +141,14 @@ async def _warm(port, addresses, full=(), concurrency=16, timeout=300):
 
 def run_mixed(srv, args, users, appends, round_no):
     pid = srv.pid()
-    r = asyncio.run(imapload.mixed_load(
-        srv.port, users, PASSWORD, args.clients, args.seconds, appends, seed=f"{args.seed}:{round_no}:{srv.name}",
-        probe=lambda: (servers.tree_cpu_seconds(pid), servers.system_busy_seconds())))
+    memory = Meter([pid]).start()      # only its peak memory sampler is used here
+    try:
+        r = asyncio.run(imapload.mixed_load(
+            srv.port, users, PASSWORD, args.clients, args.seconds, appends, seed=f"{args.seed}:{round_no}:{srv.name}",
+            probe=lambda: (servers.tree_cpu_seconds(pid), servers.system_busy_seconds())))
+    finally:
+        memory.stop()
+    r["peak_rss"], r["peak_pss"] = memory.peak_rss, memory.peak_pss
     (cpu0, busy0), (cpu1, busy1) = r.pop("probe")
     busy = busy1 - busy0
     r["server_cpu_s"] = cpu1 - cpu0
@@ -390,6 +396,8 @@ def rows(args, details):
         ("mixed_p50_ms", "  latency p50", "ms", "lower", "mixed", "p50_ms", 1),
         ("mixed_p99_ms", "  latency p99", "ms", "lower", "mixed", "p99_ms", 1),
         ("mixed_cpu_per_1000", "  server CPU per 1,000 ops", "s", "lower", "mixed", "server_cpu_per_1000_ops", 1),
+        ("mixed_peak_rss_mb", "  peak RSS, all server processes (sum)", "MB", "lower", "mixed", "peak_rss", 1 / 2**20),
+        ("mixed_peak_pss_mb", "  PSS then (shared pages split)", "MB", "lower", "mixed", "peak_pss", 1 / 2**20),
         ("mixed_generator_cpu", "  load generator CPU", "% core", None, "mixed", "generator_cpu_share", 100),
         ("mixed_other_cpu", "  other programs' CPU meanwhile", "% core", None, "mixed", "other_cpu_share", 100),
     ]

@@ -51,6 +51,7 @@ class BenchSmokeTests(TestCase):
     def test_imap(self):
         result, rows = self.smoke("imap")
         self.assertGreater(rows["mixed_ops_per_s"]["values"]["jdmail"], 0)
+        self.assertGreater(rows["mixed_peak_rss_mb"]["values"]["jdmail"], 10)
         self.assertEqual(result["details"]["jdmail"]["idle"][0]["opened"], 10)
         self.assertIn("check: big mailbox answers agree: 500 messages", "\n".join(result["checks"]))
 
