@@ -160,11 +160,12 @@ def _run(args, tmp):
                                            hibernate=not args.dovecot_no_hibernate))
     status, running = {}, []
     title = (f"Connections: idle IMAP sessions (LOGIN, SELECT INBOX, IDLE), {args.per_user} per user; memory of "
-             f"every server process {args.settle:g}s after the last login; {args.rounds} round(s), medians")
+             f"every server process {args.settle:g}s after the last login; RLIMIT_NOFILE {nofile}; "
+             f"{args.rounds} round(s), medians")
     result = harness.result_skeleton("connections", title, {
         "sizes": args.sizes, "per_user": args.per_user, "settle": args.settle, "rounds": args.rounds,
         "dovecot_hibernate": not args.dovecot_no_hibernate, "hash": args.hash, "servers": args.servers,
-        "smoke": args.smoke, "jdmail_settings": args.jdmail_settings}, targets, status)
+        "smoke": args.smoke, "jdmail_settings": args.jdmail_settings, "nofile": nofile}, targets, status)
     try:
         uid, gid, _ = servers.mail_owner()
         template = os.path.join(tmp, "template", "Maildir")
