@@ -184,7 +184,7 @@ def _run(args, tmp):
                 for t in harness.round_order(running, rnd):
                     tag = f"round {rnd + 1}/{args.rounds} {t.label}, {size:,} sessions"
                     try:
-                        m = measure(t, users, size, args.settle, nofile)
+                        m = measure(t, users[:-(-size // args.per_user)], size, args.settle, nofile)
                     except Exception as e:   # noqa: BLE001
                         details[t.name]["errors"].append(f"round {rnd + 1}, {size}: {e!r}")
                         say(f"{tag}: failed: {e!r}")
