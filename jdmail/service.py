@@ -1,6 +1,7 @@
 """Builds the running server from a validated Config: thread pool, directory, store,
 cred portal, filters, TLS and one listening service per configured endpoint."""
 
+import ipaddress
 import json
 import os
 
@@ -69,8 +70,9 @@ class ListenersService(service.Service):
     When all are up, writes ``<datadir>/run/listening.json``
     ({section: ["host:port", …]}) for tools and tests."""
 
-    def __init__(self, reactor, datadir, listeners, config_path="<embedded default>"):
+    def __init__(self, reactor, datadir, listeners, config_path="<embedded default>", addresses=None):
         self.reactor, self.datadir, self.config_path = reactor, datadir, config_path
+        self.addresses = addresses if addresses is not None else set()   # bound IPs, for the HELO check
         self.listeners = listeners        # [(section, description, endpoint, factory)]
         self.ports = []
         self._pending = []
@@ -137,6 +139,9 @@ class ListenersService(service.Service):
     def _listening(self, port, section, description):
         self.ports.append((section, port))
         addr = port.getHost()
+        ip = _specific_ip(getattr(addr, "host", None))
+        if ip:
+            self.addresses.add(ip)
         log.info("listening [{section}] {desc} on {host}:{port}", section=section, desc=description,
                  host=getattr(addr, "host", addr), port=getattr(addr, "port", ""))
         return port
@@ -180,6 +185,15 @@ class ListenersService(service.Service):
 
 def _one_line(text):
     return " ".join(str(text).split())
+
+
+def _specific_ip(host):
+    """``host`` as a canonical IP string, or None for a wildcard (0.0.0.0, ::) or non-IP."""
+    try:
+        ip = ipaddress.ip_address(host or "")
+    except ValueError:
+        return None
+    return None if ip.is_unspecified else str(ip)
 
 
 def _build_component(config, section, services, errors, name=None):
@@ -333,7 +347,8 @@ def make_service(config, reactor):
         raise ConfigErrors(errors)
     if runner is not None:
         runner.setServiceParent(top)      # recover() before the listeners accept mail
-    ListenersService(reactor, datadir, listeners, config.path).setServiceParent(top)
+    ListenersService(reactor, datadir, listeners, config.path,
+                     services.local_addresses).setServiceParent(top)
     log.info("jdmail starting: hostname={hostname} datadir={datadir} directory={directory} store={store}",
              hostname=config.hostname, datadir=datadir, directory=config["directory"]["type"],
              store=config["store"]["type"])

@@ -11,6 +11,8 @@ class Services:
     hashing, SQL): a jdmail.threads.BlockingPool in the server (a Twisted ThreadPool
     also works, e.g. in jdmailctl); run work on it with ``run_blocking``.
     ``directory`` and ``store`` are filled in once built, in that order.
+    ``local_addresses`` fills up as listeners bind: the IP addresses this server listens
+    on (not the wildcard ones), as strings.
     """
     reactor: object
     config: object
@@ -21,6 +23,7 @@ class Services:
     store: object = None
     queue: object = None            # the outbound QueueStore (issue 4), when the server has one
     extra: dict = field(default_factory=dict)
+    local_addresses: set = field(default_factory=set)
 
     def run_blocking(self, f, *args, **kwargs):
         """Run ``f`` on the thread pool; returns a Deferred of its result."""

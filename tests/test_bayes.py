@@ -152,6 +152,57 @@ class StoreTests(TestCase):
         self.store.update(deltas, 1, 0)
         self.assertEqual(len(self.store.counts(range(2500))), 2000)
 
+    def test_prune_old_rare_tokens_only(self):
+        import sqlite3
+        import time
+        self.store.update({1: (1, 0), 2: (0, 1), 3: (2, 1), 4: (1, 0)}, 3, 1)
+        self.store.update({1: (1, 0)}, 1, 0, owner="bob@example.org")
+        conn = sqlite3.connect(os.path.join(self.dir, "bayes.sqlite"))
+        old = int(time.time()) - 100 * 86400
+        conn.execute("UPDATE bayes_tokens SET atime = ? WHERE token IN (1, 2, 3)", (old,))
+        conn.commit()
+        conn.close()
+        # 1, 2 (one message each) and bob's 1 are old and rare; 3 is in 3 messages; 4 is new
+        self.assertEqual(self.store.prune(time.time() - 90 * 86400, 1, owner=""), 2)
+        self.assertEqual(self.store.counts([1, 2, 3, 4]), {3: (2, 1), 4: (1, 0)})
+        self.assertEqual(self.store.counts([1], owner="bob@example.org"), {1: (1, 0)})
+        self.assertEqual(self.store.prune(time.time() - 90 * 86400, 3), 2)   # every table: 3, bob's 1
+        self.assertEqual(self.store.counts([1, 2, 3, 4]), {4: (1, 0)})
+        self.assertEqual(self.store.counts([1], owner="bob@example.org"), {})
+        self.assertEqual(self.store.totals(), (3, 1))            # message totals stay
+
+    def test_auto_expiry_once_a_day_and_failures_logged(self):
+        from twisted.internet.defer import maybeDeferred
+        from jdmail.bayes.expiry import DAY, AutoExpiry
+
+        class Services:
+            def run_blocking(self, f, *args):
+                return maybeDeferred(f, *args)
+
+        class Store:
+            calls, fail = [], False
+
+            def prune(self, before, max_count, owner):
+                self.calls.append((before, max_count, owner))
+                if self.fail:
+                    raise RuntimeError("database gone")
+                return 7
+
+        now = [1000.0 * DAY]
+        store = Store()
+        auto = AutoExpiry(store, Services(), 180 * DAY, 1, clock=lambda: now[0])
+        results = []
+        auto.due().addCallback(results.append)
+        self.assertEqual((results, store.calls), ([7], [(820 * DAY, 1, None)]))
+        self.assertIsNone(auto.due())                  # not again the same day
+        now[0] += DAY
+        store.fail = True
+        results = []
+        auto.due().addCallback(results.append)        # a failure is logged, not raised
+        self.assertEqual((results, len(store.calls)), ([None], 2))
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+        self.assertIsNone(AutoExpiry(store, Services(), 0, 1).due())      # 0 = never
+
     def test_check_database(self):
         self.assertIsNone(check_database(""))
         self.assertIsNone(check_database("/var/lib/jdmail/bayes.sqlite"))

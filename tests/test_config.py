@@ -556,6 +556,31 @@ class SampleConfigTests(unittest.TestCase):
             for key in list(factory.options) + list(config.FILTER_COMMON):
                 self.assertIn(key, shown[name], f"[filter:{name}] {key} missing")
 
+    def test_filter_sections_are_all_commented_examples(self):
+        """A filter runs only when [filters] chain names it, so the sample shows every
+        [filter:NAME] section the same way: commented out, with all its keys."""
+        with open(SAMPLE, encoding="utf-8") as f:
+            headers = [line.strip() for line in f if _HEADER.match(line)]
+        filters = [h for h in headers if "[filter:" in h]
+        self.assertGreater(len(filters), 5)
+        self.assertEqual([h for h in filters if not h.startswith(";[filter:")], [])
+        for section, keys in self.keys.items():
+            if section.startswith("filter:"):
+                self.assertEqual([k for k, (commented, _v) in keys.items() if not commented], [], section)
+
+    def test_filter_values_shown_are_the_defaults(self):
+        shown = {}
+        for section, keys in self.keys.items():
+            if section.startswith("filter:"):
+                shown[keys.get("type", (None, section.split(":", 1)[1]))[1]] = keys
+        for name, factory in self.builtin("filter").items():
+            for key, option in factory.options.items():
+                _commented, text = shown[name][key]
+                if option.default in (None, "", [], ()):
+                    self.assertEqual(text, "", f"[filter:{name}] {key}")
+                else:
+                    self.assertEqual(option.parse(text), option.default, f"[filter:{name}] {key} = {text}")
+
     def test_every_key_shown_is_known(self):
         directory_keys = {k for f in self.builtin("directory").values() for k in f.options}
         store_keys = {k for f in self.builtin("store").values() for k in f.options}

@@ -5,6 +5,7 @@ from twisted.trial import unittest
 from jdmail.filters.dnsbl import DNSBLChecker, DNSList
 from jdmail.filters.dnsutil import AsyncDNS, reverse_name
 from jdmail.filters.helo import address_literal, check_helo, is_fqdn
+from jdmail.interfaces import Action, Stage
 from tests.fixtures.authdns import shared_dns
 from tests.fixtures.dns import resolver_for
 
@@ -114,6 +115,32 @@ class HeloTests(unittest.TestCase):
             problem = await self.check(name)
             self.assertEqual((problem.code, problem.enhanced), (550, "5.7.1"), name)
         self.assertIsNone(await self.check("mx.ours.test", reject_self=False))
+
+    async def test_mapped_address_is_the_ipv4_one(self):
+        """A dual-stack socket reports ::ffff:192.0.2.26; '[192.0.2.26]' is that address."""
+        problem = await self.check("[192.0.2.26]", local_addresses=["::ffff:192.0.2.26"])
+        self.assertEqual(problem.code, 550)
+
+    async def test_filter_counts_listening_and_connected_addresses(self):
+        from jdmail.filters.helo import HeloFilter
+        from jdmail.filters.results import FilterResults
+
+        class Txn:
+            auth_user, outbound, hostname = "", False, "mx.ours.test"
+
+            def __init__(self, helo, local_ip):
+                self.helo, self.local_ip, self.filter_results = helo, local_ip, FilterResults()
+
+        listening = set()
+        flt = HeloFilter("helo", self.dns, "", listening=listening)
+        verdict = await flt.check(Stage.RCPT, Txn("[198.51.100.7]", "192.0.2.30"))
+        self.assertEqual(verdict.action, Action.CONTINUE)
+        listening.add("198.51.100.7")       # a listener bound it after the filter was built
+        for helo, local_ip in (("[198.51.100.7]", "192.0.2.30"), ("[192.0.2.30]", "192.0.2.30"),
+                               ("[192.0.2.30]", "::ffff:192.0.2.30"), ("MX.ours.test", "192.0.2.30")):
+            verdict = await flt.check(Stage.RCPT, Txn(helo, local_ip))
+            self.assertEqual((verdict.action, verdict.code, verdict.text),
+                             (Action.REJECT, 550, "Helo command rejected: you are not me"), helo)
 
     async def test_forward_dns(self):
         for name in ("mail.example.test", "v6only.test", "mxonly.test"):

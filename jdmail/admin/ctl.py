@@ -147,6 +147,13 @@ def build_parser():
     p.add_argument("--filter", metavar="NAME", help="the [filter:NAME] section to use (default: the first bayes one)")
     p = bayes.add_parser("stats", help="messages and tokens trained, per table")
     p.add_argument("--filter", metavar="NAME", help="the [filter:NAME] section to use (default: the first bayes one)")
+    p = bayes.add_parser("expire", help="delete old, rarely seen tokens (what the filter does once a day)")
+    p.add_argument("--older-than", metavar="DURATION",
+                   help="not trained for this long, e.g. 90d (default: the section's token_expiry)")
+    p.add_argument("--max-count", metavar="N", type=int,
+                   help="seen in at most N trained messages (default: the section's expiry_max_count)")
+    p.add_argument("--user", metavar="ADDR", help="only this user's own table (default: every table)")
+    p.add_argument("--filter", metavar="NAME", help="the [filter:NAME] section to use (default: the first bayes one)")
 
     quarantine = groups.add_parser("quarantine", help="the central quarantine of filtered messages") \
         .add_subparsers(dest="action", required=True)
@@ -514,9 +521,10 @@ def run_dkim(args, out, path):
     return 0
 
 
-def open_bayes(path, name=None):
+def open_bayes(path, name=None, want_settings=False):
     """(Classifier, where) for the configured bayes filter (``[filter:NAME]``, default the
-    first section of kind bayes, else the defaults); CtlError(status=2) on problems."""
+    first section of kind bayes, else the defaults), with its settings third when
+    ``want_settings``; CtlError(status=2) on problems."""
     from jdmail import config as config_module
     from jdmail.bayes.classifier import Classifier
     from jdmail.bayes.store import StoreError, open_store
@@ -544,22 +552,61 @@ def open_bayes(path, name=None):
         store = open_store(settings["database"], config.datadir)
     except StoreError as e:
         raise CtlError(str(e), status=2) from None
-    return Classifier(store, bayes.params(settings)), store.where
+    classifier = Classifier(store, bayes.params(settings))
+    return (classifier, store.where, settings) if want_settings else (classifier, store.where)
+
+
+def run_bayes_expire(args, out, path):
+    """bayes expire: prune the token tables now."""
+    from jdmail.bayes.expiry import DAY, expire
+    from jdmail.bayes.store import StoreError
+    from jdmail.options import parse_duration
+    owner = None
+    if args.user:
+        owner = _bayes_owner(args.user)
+    if args.max_count is not None and args.max_count < 0:
+        raise CtlError("--max-count: expected a number of messages, 0 or more", status=2)
+    max_age = None
+    if args.older_than is not None:
+        try:
+            max_age = parse_duration(args.older_than)
+        except ValueError as e:
+            raise CtlError(f"--older-than: {e}", status=2) from None
+    classifier, where, settings = open_bayes(path, args.filter, want_settings=True)
+    try:
+        max_age = settings["token_expiry"] if max_age is None else max_age
+        if max_age <= 0:
+            raise CtlError("token_expiry is 0 (never) here: give --older-than DURATION", status=2)
+        max_count = settings["expiry_max_count"] if args.max_count is None else args.max_count
+        deleted = expire(classifier.store, max_age, max_count, owner)
+        out.write(f"deleted {deleted} token(s) not trained for {max_age / DAY:g} days and seen in at most "
+                  f"{max_count} message(s) from {owner or 'every table'} in {where}\n")
+    except StoreError as e:
+        raise CtlError(str(e)) from None
+    finally:
+        classifier.store.close()
+    return 0
+
+
+def _bayes_owner(text):
+    from jdmail.address import AddressError, check_mailbox, normalize
+    try:
+        check_mailbox(text.strip())
+    except AddressError as e:
+        raise CtlError(f"--user: bad address: {e}", status=2) from None
+    return normalize(text.strip())
 
 
 def run_bayes(args, out, path):
     from jdmail.bayes.sources import SourceError, read_messages
     from jdmail.bayes.store import StoreError
+    if args.action == "expire":
+        return run_bayes_expire(args, out, path)
     if args.action == "train" and not (args.spam or args.ham):
         raise CtlError("bayes train needs --spam PATH and/or --ham PATH", status=2)
     owner = ""
     if args.action == "train" and args.user:
-        from jdmail.address import AddressError, check_mailbox, normalize
-        try:
-            check_mailbox(args.user.strip())
-        except AddressError as e:
-            raise CtlError(f"--user: bad address: {e}", status=2) from None
-        owner = normalize(args.user.strip())
+        owner = _bayes_owner(args.user)
     for source in (getattr(args, "spam", []) or []) + (getattr(args, "ham", []) or []):
         if not os.path.exists(source):
             raise CtlError(f"{source}: no such file or directory", status=2)

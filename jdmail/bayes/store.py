@@ -271,3 +271,15 @@ class TokenStore:
                 cur.execute(self._sql("INSERT INTO bayes_seen (owner, digest, label, atime) "
                                       "VALUES (?, ?, ?, ?)"), (owner, digest, label, now))
         self._transaction(work)
+
+    def prune(self, before, max_messages, owner=None):
+        """Delete the tokens last trained before ``before`` (epoch seconds) that occur in
+        at most ``max_messages`` trained messages, of ``owner`` (None: every table); return
+        how many went. jdmail.bayes.expiry decides when and with what."""
+        where = "atime < ? AND spam + ham <= ?" + ("" if owner is None else " AND owner = ?")
+        args = (int(before), int(max_messages)) + (() if owner is None else (owner,))
+
+        def work(cur):
+            cur.execute(self._sql("DELETE FROM bayes_tokens WHERE " + where), args)
+            return max(cur.rowcount, 0)
+        return self._transaction(work)

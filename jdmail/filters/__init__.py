@@ -14,7 +14,8 @@ directory on the Python path, or of a ``[jdmail] plugin_dirs`` directory.
 
 Stages and what ``txn`` holds
 -----------------------------
-Every stage: ``client_ip``, ``client_port``, ``listener`` (the INI section:
+Every stage: ``client_ip``, ``client_port``, ``local_ip`` (our address the client
+connected to), ``listener`` (the INI section:
 smtp, submission, smtps), ``tls`` (bool), ``hostname`` (this server's name),
 ``auth_user`` ('' when not authenticated), ``filter_results``.
 

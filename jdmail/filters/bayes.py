@@ -7,13 +7,14 @@ score: ``spam_points`` for spam, ``ham_points`` (negative) for ham, none for uns
 tagged (X-Spam-Flag, the Junk folder with ``[filters] junk_tagged``), quarantined
 (``quarantine = junk`` or ``central``), rejected, or only scored, as ``on_spam``
 says. Building the filter also registers train-on-move for the IMAP server
-(``train_on_move``).
+(``train_on_move``). Old rarely seen tokens expire once a day (jdmail.bayes.expiry).
 """
 
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from jdmail.bayes.classifier import Params
+from jdmail.bayes.expiry import DAY, AutoExpiry
 from jdmail.bayes.learner import JunkLearner
 from jdmail.bayes.store import StoreError, check_database
 from jdmail.errors import ConfigError
@@ -70,6 +71,11 @@ OPTIONS = {
     "ham_points": Option("number", _points, default=-1.0, help="added to the spam score of ham (negative lowers it)"),
     "train_on_move": Option.bool(default=True,
                                  help="train spam when a user moves mail into Junk over IMAP, ham when out of it"),
+    "token_expiry": Option.duration(default=180 * DAY,
+                                    help="once a day, delete tokens not trained for this long that occur in at "
+                                         "most expiry_max_count trained messages; 0 = never (jdmailctl bayes "
+                                         "expire does it by hand)"),
+    "expiry_max_count": Option.int(default=1, help="tokens seen in more trained messages than this never expire"),
 }
 
 
@@ -80,13 +86,16 @@ class BayesFilter:
     stages = frozenset({Stage.DATA})
     log = Logger()
 
-    def __init__(self, name, engine, on_spam, points):
+    def __init__(self, name, engine, on_spam, points, expiry=None):
         self.name = name
         self.engine = engine
         self.on_spam = on_spam
         self.points = points            # {"spam": x, "ham": y, "unsure": 0.0}
+        self.expiry = expiry            # an AutoExpiry, or None
 
     async def check(self, stage, txn):
+        if self.expiry is not None:
+            self.expiry.due()
         data = await self.engine.services.run_blocking(_read_message, txn)
         score = await self.engine.score(data, _single_user(txn))
         header = ("X-Spam-Bayes", _describe(score))
@@ -144,7 +153,9 @@ class BayesFilterFactory:
         if settings["train_on_move"]:
             services.extra.setdefault("junk_learners", []).append(JunkLearner(engine, name))
         points = {"spam": settings["spam_points"], "ham": settings["ham_points"], "unsure": 0.0}
-        return BayesFilter(name, engine, settings["on_spam"], points)
+        expiry = AutoExpiry(engine.classifier.store, services, settings["token_expiry"],
+                            settings["expiry_max_count"])
+        return BayesFilter(name, engine, settings["on_spam"], points, expiry)
 
 
 def params(settings):

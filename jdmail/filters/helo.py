@@ -72,9 +72,9 @@ async def check_helo(name, *, hostname="", local_addresses=(), dns=None,
         return HeloProblem(501, "5.5.2", "Helo command rejected: need fully-qualified hostname",
                            f"helo {name!r} is neither a fully-qualified domain name nor an address literal")
     if reject_self:
-        ours = {ipaddress.ip_address(a) for a in local_addresses if _is_ip(a)}
-        bare = _bare_ip(name)
-        claimed = (literal is not None and literal in ours) or (bare is not None and bare in ours) \
+        ours = {_plain(ipaddress.ip_address(a)) for a in local_addresses if _is_ip(a)}
+        claimed_ip = literal if literal is not None else _bare_ip(name)
+        claimed = (claimed_ip is not None and _plain(claimed_ip) in ours) \
             or (hostname and name.rstrip(".").lower() == hostname.rstrip(".").lower())
         if claimed:
             return HeloProblem(550, "5.7.1", "Helo command rejected: you are not me",
@@ -99,6 +99,13 @@ def _is_ip(text):
         return False
 
 
+def _plain(address):
+    """An IPv4-mapped IPv6 address (::ffff:192.0.2.1, what a dual-stack socket reports) as
+    the IPv4 address it stands for."""
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped if mapped is not None else address
+
+
 def _bare_ip(name):
     try:
         return ipaddress.ip_address(name)
@@ -112,12 +119,17 @@ def _bare_ip(name):
 class HeloFilter:
     """Refuses bad HELO names at HELO, or (``delay_reject``, the default, as Postfix's
     smtpd_delay_reject) at each RCPT, so authenticated and mynetworks clients -- laptops
-    that say ``EHLO mylaptop`` -- are known and spared, and the log shows the recipient."""
+    that say ``EHLO mylaptop`` -- are known and spared, and the log shows the recipient.
+
+    "This server" is the host name, the configured ``local_addresses``, the addresses
+    jdmail listens on (``listening``: a set the listeners fill as they bind) and the
+    address the client connected to."""
 
     def __init__(self, name, dns, hostname, local_addresses=(), require_fqdn=True, reject_self=True,
-                 require_dns=False, delay_reject=True):
+                 require_dns=False, delay_reject=True, listening=frozenset()):
         self.name, self.dns, self.hostname = name, dns, hostname
         self.local_addresses = list(local_addresses)
+        self.listening = listening
         self.switches = dict(require_fqdn=require_fqdn, reject_self=reject_self, require_dns=require_dns)
         self.delay_reject = delay_reject
         self.stages = frozenset({Stage.RCPT} if delay_reject else {Stage.HELO})
@@ -128,8 +140,9 @@ class HeloFilter:
         notes = txn.filter_results.notes
         if self.name not in notes:
             hostname = self.hostname or getattr(txn, "hostname", "")
+            ours = [*self.local_addresses, *self.listening, getattr(txn, "local_ip", "") or ""]
             notes[self.name] = await check_helo(getattr(txn, "helo", "") or "", hostname=hostname,
-                                                local_addresses=self.local_addresses, dns=self.dns,
+                                                local_addresses=ours, dns=self.dns,
                                                 **self.switches)
         problem = notes[self.name]
         if problem is None:
@@ -161,7 +174,9 @@ class HeloFilterFactory:
         "require_dns": Option.bool(default=False, help="refuse a name with no A, AAAA or MX record "
                                                        "(550 5.7.1; 450 4.7.1 when the DNS fails)"),
         "local_addresses": Option("list", _address_list, [], False,
-                                  "this server's public IP addresses, for reject_self"),
+                                  "more of this server's IP addresses for reject_self (those it "
+                                  "listens on and the one each client connected to count anyway), "
+                                  "e.g. the public address of a NAT in front of it"),
         "delay_reject": Option.bool(default=True, help="refuse at RCPT instead of at HELO (authenticated "
                                                        "and mynetworks clients are then spared)"),
     }
@@ -169,4 +184,4 @@ class HeloFilterFactory:
     def build(self, name, settings, services):
         return HeloFilter(name, async_dns_for(services), services.hostname, settings["local_addresses"],
                           settings["require_fqdn"], settings["reject_self"], settings["require_dns"],
-                          settings["delay_reject"])
+                          settings["delay_reject"], services.local_addresses)

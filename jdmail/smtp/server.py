@@ -70,6 +70,10 @@ class Connection:
         return self.session.client_port
 
     @property
+    def local_ip(self):
+        return self.session.local_ip
+
+    @property
     def helo(self):
         return self.session.helo
 
@@ -114,6 +118,7 @@ class Transaction:
 
     client_ip = property(lambda self: self.connection.client_ip)
     client_port = property(lambda self: self.connection.client_port)
+    local_ip = property(lambda self: self.connection.local_ip)
     helo = property(lambda self: self.connection.helo)
     auth_user = property(lambda self: self.connection.auth_user)
     listener = property(lambda self: self.connection.listener)
@@ -171,6 +176,7 @@ class ESMTPServer(smtp.ESMTP):
         self.txn = None
         self.client_ip = "?"
         self.client_port = 0
+        self.local_ip = ""
         self.connection = Connection(self)
         self._counted = False
         self._bad_commands = 0
@@ -183,6 +189,7 @@ class ESMTPServer(smtp.ESMTP):
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", str(peer))
         self.client_port = getattr(peer, "port", 0)
+        self.local_ip = getattr(self.transport.getHost(), "host", "")
         if hasattr(self.transport, "setTcpNoDelay"):
             try:
                 self.transport.setTcpNoDelay(True)

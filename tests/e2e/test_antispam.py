@@ -78,6 +78,8 @@ def shared(name):
         atexit.register(dns.stop)
         overrides = {"dns": {"servers": dns.address}}
         if name == "antispam":
+            # a second address of ours, only listened on: the HELO check must learn it
+            overrides["pop3"] = {"listen": "tcp:0:interface=127.0.0.8"}
             # where mail to example.net goes: a plain jdmail, as the MX of example.net
             receiver = JdmailServer()
             receiver.write_ini()
@@ -183,6 +185,20 @@ class HeloTests(AntispamCase):
     def test_claiming_to_be_us_refused(self):
         c = self.client(helo="mail.test")
         self.assertEqual(self.rcpt(c, "a@pass.test"), (550, b"5.7.1 Helo command rejected: you are not me"))
+
+    def test_our_address_literals_refused(self):
+        """[127.0.0.1] is where the client connected; 127.0.0.8 is only listened on (POP3)."""
+        for helo in ("[127.0.0.1]", "[127.0.0.8]", "MAIL.TEST."):
+            c = self.client(helo=helo)
+            self.assertEqual(self.rcpt(c, "a@pass.test"), (550, b"5.7.1 Helo command rejected: you are not me"),
+                             helo)
+        self.assertIn("helo '[127.0.0.8]' claims to be this server", self.server.read_log())
+
+    def test_another_address_literal_passes(self):
+        tok = token()
+        c = self.client(helo="[127.0.0.50]")
+        self.assertEqual(c.sendmail("a@pass.test", [BOB], message(tok)), {})
+        self.assertEqual(len(self.stored(tok)), 1)
 
     def test_unknown_name_refused(self):
         c = self.client(helo="nowhere.example.test")

@@ -196,6 +196,52 @@ class TrainingFailureTests(unittest.TestCase):
         self.assertTrue(logged, server.read_log()[-3000:])
 
 
+def token_count(server):
+    conn = sqlite3.connect(os.path.join(server.datadir, "bayes.sqlite"), timeout=10)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM bayes_tokens").fetchone()[0]
+    finally:
+        conn.close()
+
+
+class ExpiryTests(unittest.TestCase):
+    """Old, rarely seen tokens: jdmailctl bayes expire, and the filter's daily run."""
+
+    def age_tokens(self, server, days):
+        conn = sqlite3.connect(os.path.join(server.datadir, "bayes.sqlite"), timeout=10)
+        conn.execute("UPDATE bayes_tokens SET atime = atime - ?", (int(days * 86400),))
+        conn.commit()
+        conn.close()
+
+    def test_ctl_expire(self):
+        server = _trained_server(self)
+        before = token_count(server)
+        p = server.ctl("bayes", "expire")
+        self.assertEqual(p.stdout, "deleted 0 token(s) not trained for 180 days and seen in at most 1 message(s) "
+                                   f"from every table in {os.path.join(server.datadir, 'bayes.sqlite')}\n")
+        self.age_tokens(server, 100)
+        p = server.ctl("bayes", "expire", "--older-than", "90d")
+        deleted = int(p.stdout.split()[1])
+        self.assertTrue(0 < deleted < before, (deleted, before))      # words of one message only
+        self.assertEqual(token_count(server), before - deleted)
+        p = server.ctl("bayes", "expire", "--older-than", "90d", "--max-count", "1000")
+        self.assertEqual(token_count(server), 0)
+        self.assertIn("global: 20 spam, 20 ham, 0 tokens", server.ctl("bayes", "stats").stdout)
+        p = server.ctl("bayes", "expire", "--older-than", "soon", check=False)
+        self.assertEqual((p.returncode, p.stderr), (2, "jdmailctl: --older-than: 'soon': expected a duration with "
+                                                       "a unit, such as 500ms, 30s, 5m, 1h or 2d\n"))
+
+    async def test_filter_expires_on_its_own(self):
+        server = await deferToThread(_trained_server, self, "token_expiry = 1s")
+        before = token_count(server)
+        await deferToThread(time.sleep, 1.2)
+        await deferToThread(_send, server, message(random.Random(36), False, 904))
+        logged = await deferToThread(wait_for, lambda: "bayes expiry: deleted" in server.read_log())
+        self.assertTrue(logged, server.read_log()[-3000:])
+        self.assertLess(token_count(server), before)
+        self.assertEqual(len(_stored(server, "INBOX")), 1)
+
+
 def _trained_server(testcase, extra=""):
     """A server with bayes in the chain, trained by jdmailctl on a generated corpus."""
     server = bayes_server(testcase, extra)
