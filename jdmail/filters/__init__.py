@@ -36,8 +36,9 @@ Verdicts and how they combine
 -----------------------------
 - ``Verdict.CONTINUE`` / ``Verdict.add_headers(("X-Name", "value"), ...)``: go on.
 - ``Verdict.reject(text, code=550, enhanced="5.7.1")``, ``Verdict.tempfail(text,
-  code=451, enhanced="4.7.1")``: refuse the stage's command (at CONNECT the reply is
-  554/421 and the connection closes; at RCPT only that recipient is refused).
+  code=451, enhanced="4.7.1")``: refuse the stage's command (at CONNECT a reject is 554
+  instead of the greeting, after which only QUIT is answered (RFC 5321 3.1), and a
+  tempfail is 421 and the connection closes; at RCPT only that recipient is refused).
   Codes that do not fit the action are replaced (5xx for reject, 4xx for tempfail).
 - ``Verdict.accept()``: no later filter of the chain runs for this transaction (at
   CONNECT/HELO: for the connection); the message goes to the inbox.

@@ -182,6 +182,7 @@ class ESMTPServer(smtp.ESMTP):
         self._bad_commands = 0
         self._auth_failures = 0
         self._sasl = None
+        self._refused = False          # a 554 greeting: only QUIT is answered
 
     # --- connection ---------------------------------------------------------------------
 
@@ -212,12 +213,15 @@ class ESMTPServer(smtp.ESMTP):
 
     async def _greet(self):
         verdict = await self._filters(Stage.CONNECT, self.connection)
-        if verdict is not None:
-            self.reply(verdict.code, verdict.enhanced, verdict.text)
+        if verdict is None:
+            self.reply(220, None, self.settings["banner"])
+        elif verdict.code == 421:           # RFC 5321 3.8: 421, then the connection closes
+            self.reply(421, verdict.enhanced, f"{self.factory.hostname} {verdict.text}")
             self._buffer = b""
             self.transport.loseConnection()
-            return
-        self.reply(220, None, self.settings["banner"])
+        else:                               # RFC 5321 3.1: 554 instead of 220, then wait for QUIT
+            self.reply(verdict.code, verdict.enhanced, verdict.text)
+            self._refused = True
 
     def connectionLost(self, reason):
         self.setTimeout(None)
@@ -346,6 +350,9 @@ class ESMTPServer(smtp.ESMTP):
             self.reply(500, "5.5.2", "Error: command is not valid UTF-8")
             return self._count_bad()
         verb, _, arg = line.strip().partition(" ")
+        if self._refused and verb.upper() != "QUIT":
+            self.reply(503, "5.5.1", "Error: this connection was refused; send QUIT")
+            return self._count_bad()
         handler = getattr(self, "smtp_" + verb.upper(), None) if verb.isascii() and verb.isalpha() else None
         if handler is None:
             self.reply(500, "5.5.1" if verb else "5.5.2",

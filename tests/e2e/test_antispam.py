@@ -38,6 +38,9 @@ RECORDS = merge(
         dmarc_name("reject.test"): {"TXT": ["v=DMARC1; p=reject"]},
         dmarc_name("quarantine.test"): {"TXT": ["v=DMARC1; p=quarantine"]},
         dmarc_name("example.org"): {"TXT": ["v=DMARC1; p=reject; adkim=s"]},
+        dmarc_name("sampled.test"): {"TXT": ["v=DMARC1; p=reject; pct=0"]},
+        dmarc_name("org.test"): {"TXT": ["v=DMARC1; p=none; sp=reject"]},
+        dmarc_name("parent.test"): {"TXT": ["v=DMARC1; p=reject; sp=none"]},
     })
 
 ANTISPAM_INI = """
@@ -312,6 +315,42 @@ class DMARCTests(AntispamCase):
             c.sendmail("a@pass.test", [BOB], message(token(), sender="a@reject.test"))
         self.assertEqual(e.exception.smtp_code, 550)
         self.assertTrue(e.exception.smtp_error.startswith(b"5.7.1 "), e.exception.smtp_error)
+
+    def refused(self, author):
+        with self.assertRaises(smtplib.SMTPDataError) as e:
+            self.client().sendmail("a@pass.test", [BOB], message(token(), sender=author))
+        return e.exception.smtp_code, e.exception.smtp_error
+
+    def delivered(self, author):
+        """Where mail from ``author`` (envelope a@pass.test: SPF passes, not aligned) went,
+        and its Authentication-Results."""
+        tok = token()
+        self.assertEqual(self.client().sendmail("a@pass.test", [BOB], message(tok, sender=author)), {})
+        [path] = self.stored(tok)
+        return ("Junk" if os.sep + ".Junk" + os.sep in path else "INBOX",
+                self.header(self.read(path), "Authentication-Results")[0])
+
+    def test_pct_0_applies_the_next_weaker_policy(self):
+        """RFC 7489 6.6.4: a message not selected by pct= gets quarantine instead of reject."""
+        folder, ar = self.delivered("a@sampled.test")
+        self.assertEqual(folder, "Junk")
+        self.assertIn('dmarc=fail reason="p=reject dis=quarantine" header.from=sampled.test', ar)
+        self.assertIn("dmarc=fail from=sampled.test policy=reject disposition=quarantine", self.server.read_log())
+
+    def test_sp_reject_for_a_subdomain_only(self):
+        """_dmarc.org.test says p=none; sp=reject: news.org.test (no record of its own) is
+        refused under sp=, org.test itself only recorded."""
+        self.assertEqual(self.refused("a@news.org.test"),
+                         (550, b"5.7.1 Message rejected: it fails the DMARC policy of its From domain"))
+        folder, ar = self.delivered("a@org.test")
+        self.assertEqual(folder, "INBOX")
+        self.assertIn('dmarc=fail reason="p=none dis=none" header.from=org.test', ar)
+
+    def test_sp_none_spares_subdomains_of_a_p_reject_domain(self):
+        folder, ar = self.delivered("a@news.parent.test")
+        self.assertEqual(folder, "INBOX")
+        self.assertIn('dmarc=fail reason="p=none dis=none" header.from=news.parent.test', ar)
+        self.assertEqual(self.refused("a@parent.test")[0], 550)
 
     def test_p_quarantine_goes_to_junk(self):
         tok = token()

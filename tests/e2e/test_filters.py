@@ -27,6 +27,8 @@ def _filters_ini(tmp):
     return "".join([
         section("f_connect", stages="connect", action="reject", code="554", enhanced="5.7.1",
                 text="Go away", switch=os.path.join(tmp, "connect-on")),
+        section("f_connect_tf", stages="connect", when="127.0.0.21", action="tempfail", code="450",
+                enhanced="4.7.1", text="Too busy for you now"),
         section("f_helo", stages="helo", when="bad.helo", action="reject", text="Bad HELO name"),
         section("f_mail", stages="mail", when="spammer@", action="reject", code="553", text="Sender refused"),
         section("f_accept", stages="mail", when="friend@", action="accept"),
@@ -51,7 +53,7 @@ def _filters_ini(tmp):
     ])
 
 
-CHAIN = ("f_connect, f_helo, f_mail, f_accept, f_rcpt, f_tag, f_seen, f_tempfirst, f_strong, f_data, "
+CHAIN = ("f_connect, f_connect_tf, f_helo, f_mail, f_accept, f_rcpt, f_tag, f_seen, f_tempfirst, f_strong, f_data, "
          "f_discard, f_quar, f_junk, f_spammy, f_slow, f_err_default, f_err_continue, f_err_reject, "
          "f_outbound")
 
@@ -114,17 +116,46 @@ class FilterVerdictsTests(unittest.TestCase):
 
     # --- each stage -----------------------------------------------------------------------------
 
-    def test_connect_reject_closes(self):
+    def raw(self, source="127.0.0.1"):
+        import socket
+        sock = socket.create_connection(("127.0.0.1", self.server.ports["smtp"]), timeout=30,
+                                        source_address=(source, 0))
+        self.addCleanup(sock.close)
+        return sock, sock.makefile("rb")
+
+    def test_connect_reject_554_then_only_quit(self):
+        """RFC 5321 3.1: 554 instead of the greeting, then the server waits for QUIT and
+        answers anything else with 503."""
         switch = os.path.join(self.server.scratch, "connect-on")
         open(switch, "w").close()
         try:
             with self.assertRaises(smtplib.SMTPConnectError) as cm:
                 smtplib.SMTP("127.0.0.1", self.server.ports["smtp"], timeout=30)
+            sock, lines = self.raw()
+            self.assertEqual(lines.readline(), b"554 5.7.1 Go away\r\n")
         finally:
             os.unlink(switch)
-        self.assertEqual(cm.exception.smtp_code, 554)
-        self.assertEqual(cm.exception.smtp_error, b"5.7.1 Go away")
+        self.assertEqual((cm.exception.smtp_code, cm.exception.smtp_error), (554, b"5.7.1 Go away"))
+        for command in (b"EHLO client.test", b"MAIL FROM:<alice@elsewhere.test>", b"RCPT TO:<bob@example.org>"):
+            sock.sendall(command + b"\r\n")
+            self.assertEqual(lines.readline(), b"503 5.5.1 Error: this connection was refused; send QUIT\r\n")
+        sock.sendall(b"QUIT\r\n")
+        self.assertEqual(lines.readline(), b"221 2.0.0 Bye\r\n")
+        self.assertEqual(lines.readline(), b"")            # and closed
         self.assertTrue(self.log_lines("filter=f_connect", "stage=connect", "action=reject", "reply=554 5.7.1"))
+
+    def test_connect_tempfail_421_and_closed(self):
+        """A tempfail at connect: 421 with our name (RFC 5321 3.8, 4.2.3), connection closed."""
+        with self.assertRaises(smtplib.SMTPConnectError) as cm:
+            smtplib.SMTP("127.0.0.1", self.server.ports["smtp"], timeout=30, source_address=("127.0.0.21", 0))
+        self.assertEqual((cm.exception.smtp_code, cm.exception.smtp_error),
+                         (421, b"4.7.1 mail.test Too busy for you now"))
+        sock, lines = self.raw("127.0.0.21")
+        self.assertEqual(lines.readline(), b"421 4.7.1 mail.test Too busy for you now\r\n")
+        self.assertEqual(lines.readline(), b"")            # closed by the server, nothing else sent
+        self.assertTrue(self.log_lines("filter=f_connect_tf", "stage=connect", "action=tempfail",
+                                       "reply=421 4.7.1", "client=127.0.0.21"))
+        self.assertEqual(self.smtp().noop()[0], 250)       # other clients are greeted as usual
 
     def test_helo_reject(self):
         s = smtplib.SMTP("127.0.0.1", self.server.ports["smtp"], timeout=30)
