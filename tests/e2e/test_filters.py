@@ -8,9 +8,11 @@ import shutil
 import smtplib
 import tempfile
 import textwrap
+import time
 
 from twisted.trial import unittest
 
+from tests.e2e import token, unverified_context, wait_for
 from tests.fixtures.server import REPO, JdmailServer
 
 SITE = os.path.join(REPO, "tests", "plugin_site")
@@ -347,3 +349,93 @@ class ThirdPartyPluginOnSysPathTests(unittest.TestCase):
             s.rcpt("bob@example.org")
             self.assertEqual(s.data(b"Subject: minutes\r\n\r\nx\r\n")[0], 250)
         self.assertEqual(len(server.messages("bob@example.org")), 1)
+
+
+_release = []
+
+
+def release_server():
+    """(server, sink): a server whose mail for other domains goes to a private
+    smtp-sink (the relayhost), with a filter quarantining 'quarantine-me' centrally."""
+    if not _release:
+        from tests.fixtures.smtp_sink import SMTPSink
+        sink = SMTPSink()
+        sink.start()
+        atexit.register(sink.cleanup)
+        server = JdmailServer(
+            overrides={"filters": {"chain": "f_quar"}, "queue": {"scan_interval": "100ms"},
+                       "routing": {"relayhost": f"[127.0.0.1]:{sink.port}"}},
+            extra_ini="[filter:f_quar]\ntype = scripted\nwhen = quarantine-me\naction = quarantine\n"
+                      "reason = held for review\n", pythonpath=[SITE])
+        server.write_ini()
+        server.ctl("domain", "add", "example.org")
+        for address, password in USERS:
+            server.ctl("user", "add", address, "--password", password)
+        server.start()
+        atexit.register(server.stop)
+        _release.append((server, sink))
+    return _release[0]
+
+
+class QuarantineReleaseTests(unittest.TestCase):
+    """jdmailctl quarantine release delivers a held message as it would have been
+    delivered: local recipients into their mailbox, remote ones out through the queue
+    (here to a real smtp-sink, the relayhost)."""
+
+    def setUp(self):
+        self.server, self.sink = release_server()
+
+    def send(self, subject, rcpts):
+        with smtplib.SMTP("127.0.0.1", self.server.ports["submission"], timeout=30) as s:
+            s.starttls(context=unverified_context())
+            s.login("carol@example.org", "secret")
+            self.assertEqual(s.mail("carol@example.org")[0], 250)
+            for r in rcpts:
+                self.assertEqual(s.rcpt(r)[0], 250)
+            code, text = s.data((f"From: carol@example.org\r\nTo: {', '.join(rcpts)}\r\n"
+                                 f"Subject: {subject}\r\n\r\nHello.\r\n").encode())
+        self.assertEqual(code, 250)
+        return text.decode().rsplit(" ", 1)[1]
+
+    def sunk(self, marker):
+        return [d for d in self.sink.dumps() if marker.encode() in d.data]
+
+    def in_inbox(self, marker, address="bob@example.org"):
+        out = []
+        for path in self.server.messages(address):
+            with open(path, "rb") as f:
+                data = f.read()
+            if marker.encode() in data:
+                out.append(data)
+        return out
+
+    def test_release_to_a_remote_and_a_local_recipient(self):
+        marker = f"quarantine-me {token()}"
+        queue_id = self.send(marker, ["friend@remote.test", "bob@example.org"])
+        listing = self.server.ctl("quarantine", "list").stdout
+        self.assertIn(f"{queue_id} ", listing)
+        self.assertIn("<carol@example.org> friend@remote.test,bob@example.org f_quar: held for review", listing)
+        time.sleep(0.5)                                   # two queue scans: nothing may leave
+        self.assertEqual((self.sunk(marker), self.in_inbox(marker)), ([], []))
+
+        released = self.server.ctl("quarantine", "release", queue_id)
+        self.assertEqual(released.stdout, f"released {queue_id} to friend@remote.test, bob@example.org\n")
+        [dump] = wait_for(lambda: self.sunk(marker), timeout=20)
+        self.assertEqual(dump.mail_args.split()[0], "<carol@example.org>")
+        self.assertEqual([r.split()[0] for r in dump.rcpt_args], ["<friend@remote.test>"])
+        self.assertIn(f"with ESMTPSA id {queue_id}".encode(), dump.data)
+        self.assertIn(f"Subject: {marker}\n".encode(), dump.data)
+        [local] = self.in_inbox(marker)
+        self.assertIn(f"with ESMTPSA id {queue_id}".encode(), local)
+        self.assertNotIn(queue_id, self.server.ctl("quarantine", "list").stdout)
+        self.assertEqual(self.server.ctl("queue", "list").stdout.count(queue_id), 0)
+
+    def test_release_remote_only(self):
+        marker = f"quarantine-me {token()}"
+        queue_id = self.send(marker, ["someone@remote.test"])
+        self.assertEqual(self.server.ctl("quarantine", "release", queue_id).stdout,
+                         f"released {queue_id} to someone@remote.test\n")
+        [dump] = wait_for(lambda: self.sunk(marker), timeout=20)
+        self.assertEqual([r.split()[0] for r in dump.rcpt_args], ["<someone@remote.test>"])
+        done = f"queue removed id={queue_id} delivered=1 bounced=0"
+        self.assertTrue(wait_for(lambda: done in self.server.read_log(), timeout=20))
