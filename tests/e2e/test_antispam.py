@@ -21,7 +21,8 @@ FRIEND = "friend@example.net"
 HELO = "client.example.test"
 
 RECORDS = merge(
-    list_zone("bl.test", {"127.0.0.9": ("127.0.0.2", "spam trap hits"), "127.0.0.3": "127.0.0.2"}),
+    list_zone("bl.test", {"127.0.0.9": ("127.0.0.2", "spam trap hits"), "127.0.0.3": "127.0.0.2",
+                          "::1": ("127.0.0.2", "IPv6 spam source")}),     # nibble-reversed name
     list_zone("wl.test", {"127.0.0.3": "127.0.0.2"}),
     list_zone("score.test", {"127.0.0.5": "127.0.0.2"}),
     list_zone("dbl.test", domains={"spammy.test": "127.0.0.2"}),
@@ -79,7 +80,9 @@ def shared(name):
         dns = DNSServer(RECORDS)
         dns.start()
         atexit.register(dns.stop)
-        overrides = {"dns": {"servers": dns.address}}
+        # SMTP also on ::1: the IPv6 tests connect there (IPV6_SMTP_PORT)
+        overrides = {"dns": {"servers": dns.address},
+                     "smtp": {"listen": r"tcp:0:interface=127.0.0.1, tcp6:0:interface=\:\:1"}}
         if name == "antispam":
             # a second address of ours, only listened on: the HELO check must learn it
             overrides["pop3"] = {"listen": "tcp:0:interface=127.0.0.8"}
@@ -108,6 +111,14 @@ def shared(name):
     return _shared[name]
 
 
+def ipv6_port(server):
+    """The port jdmail's SMTP listener on ::1 was given."""
+    import json
+    with open(os.path.join(server.datadir, "run", "listening.json")) as f:
+        [where] = [w for w in json.load(f)["smtp"] if w.startswith("::1:")]
+    return int(where.rsplit(":", 1)[1])
+
+
 def message(tok, sender="a@pass.test", subject="antispam test"):
     return (f"From: <{sender}>\r\nTo: <{BOB}>\r\nSubject: {subject}\r\n"
             f"Date: Sat, 21 Nov 2026 23:00:00 +0000\r\nMessage-ID: <{tok}@test>\r\n\r\n"
@@ -121,7 +132,10 @@ class AntispamCase(TestCase):
         self.dns, self.server = shared(self.config)
 
     def client(self, source="127.0.0.1", helo=HELO, port="smtp"):
-        c = smtplib.SMTP("127.0.0.1", self.server.ports[port], timeout=15, source_address=(source, 0))
+        if source == "::1":
+            c = smtplib.SMTP("::1", ipv6_port(self.server), timeout=15, source_address=("::1", 0))
+        else:
+            c = smtplib.SMTP("127.0.0.1", self.server.ports[port], timeout=15, source_address=(source, 0))
         self.addCleanup(c.close)
         c.ehlo(helo)
         return c
@@ -157,6 +171,12 @@ class DNSBLTests(AntispamCase):
                               "--to", BOB, "--timeout", "15"], capture_output=True, text=True, timeout=60)
         self.assertIn("<** 554 5.7.1 Service unavailable; client [127.0.0.9] blocked using bl.test", out.stdout)
 
+    def test_ipv6_client_looked_up_by_nibbles(self):
+        """RFC 5782 2.4: 1.0.0.0...0.0.bl.test (32 nibbles) lists ::1."""
+        code, text = self.rcpt(self.client("::1"), "a@pass.test")
+        self.assertEqual((code, text), (554, b"5.7.1 Service unavailable; client [::1] blocked using bl.test"))
+        self.assertIn("::1 listed by bl.test (127.0.0.2): IPv6 spam source", self.server.read_log())
+
     def test_allowlisted_client_passes(self):
         tok = token()
         c = self.client("127.0.0.3")
@@ -190,8 +210,9 @@ class HeloTests(AntispamCase):
         self.assertEqual(self.rcpt(c, "a@pass.test"), (550, b"5.7.1 Helo command rejected: you are not me"))
 
     def test_our_address_literals_refused(self):
-        """[127.0.0.1] is where the client connected; 127.0.0.8 is only listened on (POP3)."""
-        for helo in ("[127.0.0.1]", "[127.0.0.8]", "MAIL.TEST."):
+        """[127.0.0.1] is where the client connected; 127.0.0.8 (POP3) and ::1 (SMTP) are
+        listened on too."""
+        for helo in ("[127.0.0.1]", "[127.0.0.8]", "[IPv6:::1]", "MAIL.TEST."):
             c = self.client(helo=helo)
             self.assertEqual(self.rcpt(c, "a@pass.test"), (550, b"5.7.1 Helo command rejected: you are not me"),
                              helo)
@@ -378,6 +399,21 @@ class GreylistTests(AntispamCase):
         time.sleep(2.2)
         c = self.client()
         self.assertEqual(c.sendmail(sender, [BOB], message(tok, sender=sender)), {})
+        self.assertEqual(len(self.stored(tok)), 1)
+
+    def test_ipv6_client_greylisted_by_its_64(self):
+        tok = token()
+        sender = f"{tok}@pass.test"
+        code, text = self.rcpt(self.client("::1"), sender)
+        self.assertEqual(code, 451)
+        self.assertTrue(text.startswith(b"4.7.1 Greylisted"), text)
+        import sqlite3
+        db = sqlite3.connect(os.path.join(self.server.datadir, "directory.sqlite"))
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("SELECT client FROM greylist_triplet WHERE sender = ?", (sender,)).fetchall(),
+                         [("::/64",)])
+        time.sleep(2.2)
+        self.assertEqual(self.client("::1").sendmail(sender, [BOB], message(tok, sender=sender)), {})
         self.assertEqual(len(self.stored(tok)), 1)
 
     def test_authenticated_never_greylisted(self):
