@@ -1,6 +1,6 @@
 """The clamav filter against a private real clamd (tests/fixtures/clamd.py): EICAR
 rejected, quarantined or tagged, the postmaster notice, clean mail through, and clamd
-stopped mid-test -> on_error."""
+stopped mid-test -> on_error (killed: an error; frozen: the filter timeout)."""
 
 import base64
 import smtplib
@@ -103,3 +103,20 @@ class ClamAVTests(unittest.TestCase):
         self.assertEqual(len(self.stored(server)), 1)
         self.assertIn("filter=clamav stage=data action=tempfail reply=451 4.3.0", server.read_log())
         self.assertIn("ClamdError: cannot reach clamd", server.read_log())
+
+    def test_clamd_hanging_times_out_to_on_error(self):
+        """clamd frozen (SIGSTOP) mid-test: the filter's timeout expires, its on_error
+        (continue here) applies and the session goes on; clamd answers again after SIGCONT."""
+        import os
+        import signal
+        clamd = running_clamd(self)
+        server = self.server(clamd, "reject", timeout="1s", on_error="continue")
+        os.kill(clamd.proc.pid, signal.SIGSTOP)
+        try:
+            self.assertEqual(self.send(server, eicar_mail("while frozen"))[0], 250)
+        finally:
+            os.kill(clamd.proc.pid, signal.SIGCONT)
+        self.assertEqual(len(self.stored(server)), 1)
+        self.assertIn("filter=clamav stage=data action=continue reply=- score=- ", server.read_log())
+        self.assertIn("on_error=continue (timed out after 1s)", server.read_log())
+        self.assertEqual(self.send(server, eicar_mail("thawed"))[0], 554)
