@@ -3,8 +3,9 @@
 One request per connection, as spamc does: ``SYMBOLS SPAMC/1.5`` with
 Content-length (and User when given), the message, then spamd answers
 ``SPAMD/1.1 0 EX_OK``, a ``Spam: True ; 6.1 / 5.0`` header and the comma-separated
-names of the rules that hit, and closes. ``check`` (CHECK) gives the same without
-the rule names.
+names of the rules that hit, and closes. CHECK gives the same without the rule
+names; PROCESS gives the message as SpamAssassin rewrote it (its X-Spam-* headers,
+and with its report_safe setting spam wrapped as an attachment) in ``message``.
 """
 
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 
-COMMANDS = ("CHECK", "SYMBOLS")
+COMMANDS = ("CHECK", "SYMBOLS", "PROCESS")
 MAX_RESPONSE = 1024 * 1024
 
 
@@ -26,6 +27,7 @@ class SpamdResult:
     score: float
     threshold: float    # spamd's required score
     symbols: tuple      # rule names (SYMBOLS only)
+    message: bytes = b""    # the rewritten message (PROCESS only)
 
 
 def parse_response(data, command="SYMBOLS"):
@@ -52,10 +54,12 @@ def parse_response(data, command="SYMBOLS"):
         result = SpamdResult(flag.strip().lower() in ("true", "yes"), float(score), float(threshold), ())
     except ValueError:
         raise SpamdError(f"cannot read spamd's Spam header {spam!r}") from None
+    length = headers.get("content-length")
+    if length is not None and length.isdigit():
+        body = body[:int(length)]
+    if command == "PROCESS":
+        return SpamdResult(result.spam, result.score, result.threshold, (), body)
     if command == "SYMBOLS":
-        length = headers.get("content-length")
-        if length is not None and length.isdigit():
-            body = body[:int(length)]
         names = tuple(n.strip() for n in body.decode("latin-1").split(",") if n.strip())
         result = SpamdResult(result.spam, result.score, result.threshold, names)
     return result
