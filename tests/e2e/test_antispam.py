@@ -401,6 +401,21 @@ class GreylistTests(AntispamCase):
         self.assertEqual(c.sendmail(sender, [BOB], message(tok, sender=sender)), {})
         self.assertEqual(len(self.stored(tok)), 1)
 
+    def test_network_auto_allowlisted_after_5_passes(self):
+        """127.0.1.0/24 (a /24 no other test uses) passes 5 triplets after the delay; then
+        a new triplet from another address of that network is accepted at once."""
+        tok = token()
+        senders = [f"{tok}-{n}@pass.test" for n in range(5)]
+        for sender in senders:
+            self.assertEqual(self.rcpt(self.client("127.0.1.5"), sender)[0], 451)
+        time.sleep(2.2)
+        for sender in senders:
+            self.assertEqual(self.rcpt(self.client("127.0.1.5"), sender)[0], 250)
+        c = self.client("127.0.1.9")
+        self.assertEqual(c.sendmail(f"{tok}-new@pass.test", [BOB], message(tok, sender=f"{tok}-new@pass.test")), {})
+        self.assertEqual(len(self.stored(tok)), 1)
+        self.assertIn("client 127.0.1.0/24 auto-allowlisted after 5 passes", self.server.read_log())
+
     def test_ipv6_client_greylisted_by_its_64(self):
         tok = token()
         sender = f"{tok}@pass.test"
