@@ -232,13 +232,14 @@ class ExpiryTests(unittest.TestCase):
                                                        "a unit, such as 500ms, 30s, 5m, 1h or 2d\n"))
 
     async def test_filter_expires_on_its_own(self):
-        server = await deferToThread(_trained_server, self, "token_expiry = 1s")
+        server = await deferToThread(_trained_server, self, "token_expiry = 1s\nexpiry_max_count = 1000")
         before = token_count(server)
         await deferToThread(time.sleep, 1.2)
         await deferToThread(_send, server, message(random.Random(36), False, 904))
         logged = await deferToThread(wait_for, lambda: "bayes expiry: deleted" in server.read_log())
         self.assertTrue(logged, server.read_log()[-3000:])
-        self.assertLess(token_count(server), before)
+        self.assertIn(f"bayes expiry: deleted {before} token(s)", server.read_log())
+        self.assertEqual(token_count(server), 0)
         self.assertEqual(len(_stored(server, "INBOX")), 1)
 
 
