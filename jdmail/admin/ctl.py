@@ -193,33 +193,97 @@ def list_plugins(path, out):
     return 0
 
 
-def open_directory(path):
-    """Load the config and build its directory, one jdmailctl can change;
-    CtlError(status=2) on any problem."""
-    from jdmail import config as config_module
-    from jdmail.errors import ConfigError, ConfigErrors, DirectoryError
+# Commands that only read: they also work on directories jdmailctl cannot change.
+SHOW_COMMANDS = frozenset({("user", "show"), ("domain", "show"), ("group", "show")})
+
+
+def open_directory(path, read_only_ok=False):
+    """Load the config and build its directory, one jdmailctl can change (or any, with
+    ``read_only_ok``); CtlError(status=2) on any problem."""
     from jdmail.interfaces import IDirectoryAdmin
-    from jdmail.registry import RegistryError
     from jdmail.services import Services
 
-    try:
-        config = config_module.load(path)
-    except ConfigErrors as e:
-        raise CtlError("\n".join(str(err) for err in e.errors), status=2) from None
-    except RegistryError as e:
-        raise CtlError(str(e), status=2) from None
-    factory, settings = config.components["directory"]
+    config = _load_config(path)
     services = Services(reactor=None, config=config, hostname=config.hostname,
                         datadir=config.datadir, threadpool=None)
+    factory, directory = _build_directory(config, services)
+    if not read_only_ok and not IDirectoryAdmin.providedBy(directory):
+        raise CtlError(read_only(directory, factory), status=2)
+    return directory
+
+
+def _build_directory(config, services):
+    """(factory, directory) as [directory] says; CtlError(status=2) on config problems."""
+    from jdmail.errors import ConfigError, ConfigErrors, DirectoryError
+    factory, settings = config.components["directory"]
     try:
-        directory = factory.build("directory", settings, services)
+        return factory, factory.build("directory", settings, services)
     except (DirectoryError, ConfigError) as e:
         raise CtlError(str(e), status=2) from None
     except ConfigErrors as e:
         raise CtlError("\n".join(str(err) for err in e.errors), status=2) from None
-    if not IDirectoryAdmin.providedBy(directory):
-        raise CtlError(read_only(directory, factory), status=2)
-    return directory
+
+
+def run_show_lookup(args, out, path):
+    """user/domain/group show on a directory jdmailctl cannot change (LDAP, a MySQL
+    schema read through user_query): the backend's own lookups, made as the server
+    makes them (its thread pool or adbapi pool), under a reactor."""
+    from twisted.python.threadpool import ThreadPool
+    from jdmail.errors import DirectoryUnavailable
+    from jdmail.services import Services
+
+    config = _load_config(path)
+    pool = ThreadPool(minthreads=1, maxthreads=2, name="jdmailctl")
+    opened = []
+
+    async def work(reactor):
+        services = Services(reactor=reactor, config=config, hostname=config.hostname,
+                            datadir=config.datadir, threadpool=pool)
+        directory = _build_directory(config, services)[1]
+        backend = getattr(directory, "backend", directory)
+        opened.append(backend)
+        try:
+            await _show_from_backend(backend, args, out, path)
+        except DirectoryUnavailable as e:
+            raise CtlError(f"the directory cannot answer now: {e}") from None
+
+    pool.start()
+    try:
+        _run_in_reactor(work)
+    finally:
+        pool.stop()
+        for backend in opened:          # an adbapi pool closes itself with the reactor
+            close = getattr(backend, "close", None)
+            if close is not None and getattr(backend, "_pool", None) is None:
+                close()
+    return 0
+
+
+async def _show_from_backend(backend, args, out, path):
+    import inspect
+    from jdmail.address import domain_of, normalize, normalize_domain
+
+    async def ask(value):
+        return await value if inspect.isawaitable(value) else value
+
+    if args.group == "user":
+        name = normalize(args.address)
+        user = await ask(backend.user(name))
+        if user is None:
+            raise CtlError(f"{name} is not a user")
+        write_user(out, user, await ask(backend.domain(domain_of(user.address))), path)
+    elif args.group == "domain":
+        name = normalize_domain(args.domain)
+        domain = await ask(backend.domain(name))
+        if domain is None:
+            raise CtlError(f"{name} is not a local domain")
+        write_domain(out, domain)
+    else:
+        name = normalize(args.address)
+        group = await ask(backend.group(name))
+        if group is None:
+            raise CtlError(f"{name} is not a group")
+        write_group(out, group)
 
 
 def read_only(directory, factory):
@@ -394,7 +458,6 @@ def open_store(path):
 def run_user_settings(directory, args, out, path):
     """user show / user set."""
     from jdmail.address import domain_of, normalize
-    from jdmail.directory.service import mailbox_key
     name = normalize(args.address)
     if args.action == "set":
         changes = dict(quota_bytes=_size("--quota", args.quota),
@@ -410,7 +473,14 @@ def run_user_settings(directory, args, out, path):
     user = directory.get_user(name)
     if user is None:
         raise CtlError(f"{name} is not a user")
-    domain = directory.get_domain(domain_of(name))
+    write_user(out, user, directory.get_domain(domain_of(user.address)), path)
+    return 0
+
+
+def write_user(out, user, domain, path):
+    """The lines of ``user show``: a UserRecord, its DomainRecord (or None) and the
+    mailbox usage counted in the configured store."""
+    from jdmail.directory.service import mailbox_key
     mailbox = user.mailbox or mailbox_key(user.address)
     store = open_store(path)
     disk_usage = getattr(store, "disk_usage", None)
@@ -433,7 +503,6 @@ def run_user_settings(directory, args, out, path):
               f"usage: {usage}\n"
               f"forward: {forward}\n"
               f"mailbox: {mailbox}\n")
-    return 0
 
 
 def run_domain_settings(directory, args, out):
@@ -450,11 +519,19 @@ def run_domain_settings(directory, args, out):
     domain = directory.get_domain(name)
     if domain is None:
         raise CtlError(f"{name} is not a local domain")
+    write_domain(out, domain)
+    return 0
+
+
+def write_domain(out, domain):
+    """The lines of ``domain show`` for a DomainRecord."""
+    if domain.alias_of:
+        out.write(f"domain: {domain.name}\nalias of: {domain.alias_of}\n")
+        return
     out.write(f"domain: {domain.name}\n"
               f"default quota: {f'{domain.quota_bytes} bytes' if domain.quota_bytes else 'none'}\n"
               f"default quota_messages: "
               f"{f'{domain.quota_messages} messages' if domain.quota_messages else 'none'}\n")
-    return 0
 
 
 def run_group(directory, args, out):
@@ -474,12 +551,7 @@ def run_group(directory, args, out):
         if group is None:
             from jdmail.address import normalize
             raise CtlError(f"{normalize(args.address)} is not a group")
-        out.write(f"group: {group.address}\n"
-                  f"posting: {'members and allowed senders only' if group.members_only else 'anyone'}\n")
-        for member in group.members:
-            out.write(f"member: {member}\n")
-        for sender in group.senders:
-            out.write(f"sender: {sender}\n")
+        write_group(out, group)
     elif action == "set":
         name = directory.set_group(args.address, args.members_only)
         out.write(f"{name}: {'members only may post' if args.members_only else 'anyone may post'}\n")
@@ -490,6 +562,16 @@ def run_group(directory, args, out):
         word = "member" if action == "member" else "allowed sender"
         out.write(f"{'added' if verb == 'add' else 'removed'} {word} {args.value.strip()} "
                   f"{'to' if verb == 'add' else 'from'} {name}\n")
+
+
+def write_group(out, group):
+    """The lines of ``group show`` for a GroupRecord."""
+    out.write(f"group: {group.address}\n"
+              f"posting: {'members and allowed senders only' if group.members_only else 'anyone'}\n")
+    for member in group.members:
+        out.write(f"member: {member}\n")
+    for sender in group.senders:
+        out.write(f"sender: {sender}\n")
 
 
 def run_dkim(args, out, path):
@@ -775,6 +857,7 @@ def run_quarantine(args, out, path):
 
 def run(args, out):
     """Carry out one parsed command, writing its output lines to ``out``."""
+    from jdmail.interfaces import IDirectoryAdmin
     from jdmail.options import parse_size
 
     path = args.config if args.config is not None else (os.environ.get("JDMAIL_CONFIG") or None)
@@ -790,8 +873,10 @@ def run(args, out):
         return run_quarantine(args, out, path)
     if args.group == "db":
         return run_db(args, out, path)
-    directory = open_directory(path)
     group, action = args.group, args.action
+    directory = open_directory(path, read_only_ok=(group, action) in SHOW_COMMANDS)
+    if not IDirectoryAdmin.providedBy(directory):
+        return run_show_lookup(args, out, path)
 
     if group == "domain" and action in ("set", "show"):
         return run_domain_settings(directory, args, out)

@@ -1,10 +1,11 @@
 """jdmail with [directory] type = ldap end to end: a real twistd jdmail whose users
 live in a real, private slapd (tests/fixtures/ldap.py), real clients (smtplib,
 poplib, imaplib). OpenLDAP and Active Directory presets, groups, logins, LDAP
-injection through the protocols, a disabled account, jdmailctl refusing, and
-slapd killed under a running server (tempfail, then recovery without a restart)."""
+injection through the protocols, a disabled account, jdmailctl refusing changes but
+showing users (quota, usage), domains and groups, and slapd killed under a running server (tempfail, then recovery without a restart)."""
 
 import atexit
+import os
 import imaplib
 import poplib
 import smtplib
@@ -45,6 +46,17 @@ def shared_jdmail(name, slapd, **keys):
         atexit.register(server.stop)
         _shared[name] = server
     return server
+
+
+def maildir_usage(maildir):
+    """(bytes, messages) of the files in a Maildir's new/ and cur/, its folders included."""
+    size = count = 0
+    for top, dirs, files in os.walk(maildir):
+        if os.path.basename(top) in ("new", "cur"):
+            for name in files:
+                size += os.path.getsize(os.path.join(top, name))
+                count += 1
+    return size, count
 
 
 class Clients:
@@ -235,14 +247,45 @@ class OpenLDAPTests(Clients, TestCase):
         status, _ = self.imap_login("alice@example.org", PASSWORDS["alice"])     # accountStatus: active
         self.assertEqual(status, "OK")
 
-    def test_jdmailctl_refuses(self):
+    def test_jdmailctl_refuses_changes(self):
         for args in (("domain", "add", "example.net"), ("user", "list"),
-                     ("alias", "add", "x@example.org", "bob@example.org")):
+                     ("alias", "add", "x@example.org", "bob@example.org"),
+                     ("user", "set", "bob@example.org", "--quota", "1M")):
             p = self.server.ctl(*args, check=False)
             self.assertEqual(p.returncode, 2, p.stderr)
             self.assertEqual(p.stderr, "jdmailctl: the 'ldap' directory cannot be changed with jdmailctl; "
                                        "it is managed with LDAP tools (ldapadd/ldapmodify, Active "
                                        "Directory Users and Computers)\n")
+
+    def test_jdmailctl_user_show_gives_quota_and_usage(self):
+        tok = token()
+        self.assertEqual(self.send(["Robert@Example.org"], tok), {})
+        self.stored_for(tok, "bob@example.org")
+        size, count = maildir_usage(self.server.maildir("bob@example.org"))
+        self.assertGreater(count, 0)
+        p = self.server.ctl("user", "show", "robert@example.org")        # an alternate address
+        self.assertEqual((p.returncode, p.stderr), (0, ""))
+        self.assertEqual(p.stdout, "address: bob@example.org\nenabled: yes\nprotocols: imap, pop3, smtp\n"
+                                   "quota: 10485760 bytes (the user's own)\nquota_messages: none\n"
+                                   f"usage: {size} bytes, {count} messages\nforward: none\n"
+                                   "mailbox: example.org/bob\n")
+        p = self.server.ctl("user", "show", "dave@example.org")
+        self.assertIn("enabled: no\n", p.stdout)
+        p = self.server.ctl("user", "show", "*)(uid=*@example.org", check=False)
+        self.assertEqual((p.returncode, p.stdout, p.stderr),
+                         (1, "", "jdmailctl: *)(uid=*@example.org is not a user\n"))
+
+    def test_jdmailctl_domain_and_group_show(self):
+        for args, out in ((("domain", "show", "Example.ORG"),
+                           "domain: example.org\ndefault quota: none\ndefault quota_messages: none\n"),
+                          (("domain", "show", "alias.example"), "domain: alias.example\nalias of: example.org\n"),
+                          (("group", "show", "team@example.org"),
+                           "group: team@example.org\nposting: anyone\nmember: bob@example.org\n"
+                           "member: alice@example.org\n")):
+            p = self.server.ctl(*args)
+            self.assertEqual((p.stdout, p.stderr), (out, ""), args)
+        p = self.server.ctl("domain", "show", "other.test", check=False)
+        self.assertEqual((p.returncode, p.stderr), (1, "jdmailctl: other.test is not a local domain\n"))
 
 
 class ActiveDirectoryTests(Clients, TestCase):
@@ -263,6 +306,16 @@ class ActiveDirectoryTests(Clients, TestCase):
         c.select("INBOX")
         typ, hits = c.search(None, "SUBJECT", tok)
         self.assertTrue(hits[0].split(), f"{tok} not found over IMAP")
+
+    def test_jdmailctl_user_show_by_upn(self):
+        tok = token()
+        self.assertEqual(self.send(["carol@example.com"], tok), {})
+        self.stored_for(tok, "carol.jones@example.com")
+        size, count = maildir_usage(self.server.maildir("carol.jones@example.com"))
+        p = self.server.ctl("user", "show", "carol@corp.example.com")
+        self.assertEqual(p.stderr, "")
+        self.assertIn("address: carol.jones@example.com\n", p.stdout)
+        self.assertIn(f"usage: {size} bytes, {count} messages\n", p.stdout)
 
     def test_group_from_memberof(self):
         tok = token()
@@ -304,6 +357,10 @@ class DirectoryDownTests(Clients, TestCase):
         self.assertIn("[UNAVAILABLE]", status)
         reply, _ = self.pop3_login("bob@example.org", PASSWORDS["bob"])
         self.assertTrue(reply.startswith(b"-ERR [SYS/TEMP]"), reply)
+        p = self.server.ctl("user", "show", "bob@example.org", check=False)
+        self.assertEqual((p.returncode, p.stdout), (1, ""))
+        self.assertTrue(p.stderr.startswith("jdmailctl: the directory cannot answer now: "), p.stderr)
+        self.assertNotIn("Traceback", p.stderr)
 
         self.slapd.start()                                     # same port, same data; jdmail untouched
         tok = token()

@@ -9,6 +9,7 @@ mariadbd restarts, the same jdmail process serves again by itself."""
 import base64
 import hashlib
 import imaplib
+import os
 import poplib
 import smtplib
 import ssl
@@ -195,6 +196,19 @@ class PostfixAdminTests(MySQLServerCase):
             self.imap_login(jd, "bob@example.org", "shapass")
         self.assertEqual(self.sql("CHECKSUM TABLE domain, mailbox, alias, alias_domain"), before)
         self.assertEqual(jd.ctl("user", "list", check=False).returncode, 2)
+        # read-only commands work on it: the quota from the mailbox table, the usage from the store
+        files = jd.messages("bob@example.org")
+        size = sum(os.path.getsize(p) for p in files)
+        p = jd.ctl("user", "show", "bob@example.org")
+        self.assertEqual(p.stdout, "address: bob@example.org\nenabled: yes\nprotocols: imap, pop3, smtp\n"
+                                   "quota: 1048576 bytes (the user's own)\nquota_messages: none\n"
+                                   f"usage: {size} bytes, {len(files)} messages\nforward: none\n"
+                                   "mailbox: example.org/bob\n")
+        self.assertEqual(len(files), 2)
+        self.assertEqual(jd.ctl("domain", "show", "example.net").stdout,
+                         "domain: example.net\nalias of: example.org\n")
+        p = jd.ctl("user", "show", "nobody@example.org", check=False)
+        self.assertEqual((p.returncode, p.stderr), (1, "jdmailctl: nobody@example.org is not a user\n"))
 
 
 class BackendDownTests(MySQLServerCase):
