@@ -99,7 +99,8 @@ class DbCommandTests(MySQLCase):
                                                  f"in the database '{self.database}'\n", ""))
         tables = {row[0] for row in self.sql("SHOW TABLES")}
         self.assertEqual(tables, {"schema_version", "domains", "users", "aliases", "mail_groups",
-                                  "group_members", "group_senders"})
+                                  "group_members", "group_senders", "greylist_triplet", "greylist_client",
+                                  "bayes_tokens", "bayes_totals", "bayes_seen"})
         self.assertEqual(self.sql("SELECT version FROM schema_version"), ((SCHEMA_VERSION,),))
         status, out, err = self.ctl("db", "init")
         self.assertEqual((status, out), (1, ""))
@@ -232,6 +233,28 @@ class QueryConfigTests(MySQLCase):
         for args in (("user", "add", "bob@example.org", "--password", "pw"), ("domain", "list"),
                      ("alias", "add", "a@example.org", "b@example.org"), ("db", "init")):
             self.assertEqual(self.ctl(*args), (2, "", message), args)
+
+    def test_db_init_filters_only(self):
+        load_postfixadmin(self)
+        before = self.sql("CHECKSUM TABLE domain, mailbox, alias, alias_domain")
+        self.write(**postfixadmin_queries())
+        status, out, err = self.ctl("db", "init", "--filters-only")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out, "created jdmail's filter tables (greylist_triplet, greylist_client, bayes_tokens, "
+                              f"bayes_totals, bayes_seen) where missing in the database '{self.database}'; "
+                              "its other tables are unchanged\n")
+        tables = {row[0] for row in self.sql("SHOW TABLES")}
+        self.assertLessEqual({"greylist_triplet", "greylist_client", "bayes_tokens", "bayes_totals",
+                              "bayes_seen"}, tables)
+        self.assertNotIn("schema_version", tables)
+        self.assertEqual(self.sql("CHECKSUM TABLE domain, mailbox, alias, alias_domain"), before)
+        self.assertEqual(self.ctl("db", "init", "--filters-only")[0], 0)      # again: nothing missing
+
+    def test_db_init_filters_only_refused_on_jdmails_schema(self):
+        self.assertEqual(self.ctl("db", "init", "--filters-only"),
+                         (2, "", "jdmailctl: db init --filters-only is for a mysql directory read through "
+                                 "user_query; jdmail's own schema has these tables (jdmailctl db init or "
+                                 "db upgrade)\n"))
 
     def test_unknown_parameter(self):
         queries = postfixadmin_queries()

@@ -9,7 +9,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from jdmail.directory.sqlite import MAX_DEPTH, SQLiteDirectory, SQLiteDirectoryFactory
+from jdmail.directory.sqlite import MAX_DEPTH, SCHEMA_VERSION, SQLiteDirectory, SQLiteDirectoryFactory
 from jdmail.errors import DirectoryError
 from jdmail.interfaces import IDirectoryAdmin, IDirectoryFactory, IUserDirectory, Resolution
 from jdmail.passwords import hash_password
@@ -68,7 +68,7 @@ class OpenTests(DirectoryTestCase):
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
         db = sqlite3.connect(path)
         self.addCleanup(db.close)
-        self.assertEqual(db.execute("SELECT version FROM schema_version").fetchall(), [(2,)])
+        self.assertEqual(db.execute("SELECT version FROM schema_version").fetchall(), [(SCHEMA_VERSION,)])
         self.assertEqual(db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
         self.assertEqual(db.execute("SELECT address, password, quota_bytes, enabled FROM users "
                                     "WHERE address = 'bob@example.org'").fetchone(),
@@ -429,7 +429,7 @@ INSERT INTO schema_version (version) VALUES (1);
 
 
 class UpgradeTests(TestCase):
-    """A version 1 file (as jdmail 0.1 left it) upgrades itself to version 2 on open."""
+    """A version 1 file (as jdmail 0.1 left it) upgrades itself to the current version on open."""
 
     def setUp(self):
         self.services = make_services(self, self.mktemp())
@@ -449,11 +449,14 @@ class UpgradeTests(TestCase):
         self.addCleanup(d.close)
         db = sqlite3.connect(self.path)
         self.addCleanup(db.close)
-        self.assertEqual(db.execute("SELECT version FROM schema_version").fetchall(), [(2,)])
+        self.assertEqual(db.execute("SELECT version FROM schema_version").fetchall(), [(SCHEMA_VERSION,)])
         columns = {row[1] for row in db.execute("PRAGMA table_info(users)")}
         self.assertLessEqual({"quota_messages", "protocols", "forward", "keep_copy"}, columns)
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         self.assertLessEqual({"mail_groups", "group_members", "group_senders"}, tables)
+        # v3: the greylist's tables (the Bayes tokens stay in their own SQLite file)
+        self.assertLessEqual({"greylist_triplet", "greylist_client"}, tables)
+        self.assertFalse({"bayes_tokens", "bayes_totals", "bayes_seen"} & tables)
         # the old data, with the new settings at their defaults
         bob = d.get_user("bob@example.org")
         self.assertEqual((bob.quota_bytes, bob.quota_messages, bob.enabled, bob.protocols, bob.forward,
@@ -472,7 +475,7 @@ class UpgradeTests(TestCase):
         SQLiteDirectory(self.path, self.services).close()
         db = sqlite3.connect(self.path)
         self.addCleanup(db.close)
-        self.assertEqual(db.execute("SELECT version FROM schema_version").fetchall(), [(2,)])
+        self.assertEqual(db.execute("SELECT version FROM schema_version").fetchall(), [(SCHEMA_VERSION,)])
 
 
 class AdminV2Tests(DirectoryTestCase):

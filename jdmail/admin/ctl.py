@@ -165,7 +165,10 @@ def build_parser():
 
     db = groups.add_parser("db", help="the directory's database schema (mysql)") \
         .add_subparsers(dest="action", required=True)
-    db.add_parser("init", help="create jdmail's schema in an empty database")
+    p = db.add_parser("init", help="create jdmail's schema in an empty database")
+    p.add_argument("--filters-only", action="store_true",
+                   help="only the greylist and Bayes tables, in a database read through user_query "
+                        "(e.g. PostfixAdmin's), leaving its own tables alone")
     db.add_parser("upgrade", help="bring jdmail's schema up to this version of jdmail")
 
     groups.add_parser("plugins", help="list the components jdmail can use: kind, name, file, options")
@@ -610,7 +613,7 @@ def open_bayes(path, name=None, want_settings=False):
     from jdmail import config as config_module
     from jdmail.bayes.classifier import Classifier
     from jdmail.bayes.store import StoreError, open_store
-    from jdmail.errors import ConfigErrors
+    from jdmail.errors import ConfigError, ConfigErrors
     from jdmail.filters import bayes
     from jdmail.registry import RegistryError
 
@@ -630,8 +633,15 @@ def open_bayes(path, name=None, want_settings=False):
         settings = config.components[sections[0]][1]
     else:
         settings = {k: o.default for k, o in bayes.OPTIONS.items()}
+    mysql = None
+    if not settings["database"]:
+        from jdmail.filters.statedb import mysql_state
+        try:
+            mysql = mysql_state(config, "bayes")
+        except ConfigError as e:
+            raise CtlError(str(e), status=2) from None
     try:
-        store = open_store(settings["database"], config.datadir)
+        store = open_store(settings["database"], config.datadir, mysql)
     except StoreError as e:
         raise CtlError(str(e), status=2) from None
     classifier = Classifier(store, bayes.params(settings))
@@ -732,6 +742,8 @@ def run_bayes(args, out, path):
 
 def run_db(args, out, path):
     """jdmailctl db init|upgrade: create or upgrade the directory's schema."""
+    if getattr(args, "filters_only", False):
+        return run_db_filters(out, path)
     directory = open_directory(path)
     backend = getattr(directory, "backend", directory)
     try:
@@ -745,6 +757,37 @@ def run_db(args, out, path):
         close = getattr(backend, "close", None)
         if close is not None:
             close()
+    return 0
+
+
+def run_db_filters(out, path):
+    """jdmailctl db init --filters-only: jdmail's greylist and Bayes tables in a MySQL
+    database read through user_query (jdmail's own schema has them already)."""
+    import pymysql
+    from jdmail.directory.mysqlpool import connect_kwargs, describe
+    from jdmail.errors import ConfigError
+    from jdmail.filters.statedb import FILTER_TABLES, create_filter_tables
+
+    config = _load_config(path)
+    factory, settings = config.components["directory"]
+    if factory.kind != "mysql" or not settings.get("user_query"):
+        raise CtlError("db init --filters-only is for a mysql directory read through user_query; "
+                       + ("jdmail's own schema has these tables (jdmailctl db init or db upgrade)"
+                          if factory.kind == "mysql" else
+                          f"with the {factory.kind!r} directory the filters keep their state in SQLite "
+                          "in the data directory"), status=2)
+    try:
+        kwargs = connect_kwargs(settings, config.path)
+    except ConfigError as e:
+        raise CtlError(str(e), status=2) from None
+    try:
+        with pymysql.connect(**kwargs) as conn, conn.cursor() as cur:
+            create_filter_tables(cur)
+            conn.commit()
+    except pymysql.err.MySQLError as e:
+        raise CtlError(f"cannot create the filter tables: {describe(e)}") from None
+    out.write(f"created jdmail's filter tables ({', '.join(FILTER_TABLES)}) where missing in the database "
+              f"{kwargs['database']!r}; its other tables are unchanged\n")
     return 0
 
 

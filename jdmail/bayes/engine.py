@@ -28,8 +28,8 @@ class BayesEngine:
         self.services = services
 
     @classmethod
-    def open(cls, database, datadir, params, scope, services):
-        return cls(Classifier(open_store(database, datadir), params), scope, services)
+    def open(cls, database, datadir, params, scope, services, mysql=None):
+        return cls(Classifier(open_store(database, datadir, mysql), params), scope, services)
 
     def owners(self, user):
         """The tables to try for ``user`` ('' or None: global only), most specific first."""

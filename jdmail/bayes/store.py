@@ -1,7 +1,8 @@
 """Token counts in a SQL database, over a plain DB-API connection.
 
-SQLite by default (a file in the data directory); MySQL/MariaDB when
-``[filter:bayes] database`` is a ``mysql://`` URL (pymysql). The SQL is the
+SQLite by default (a file in the data directory); MySQL/MariaDB (pymysql) when
+``[filter:bayes] database`` is a ``mysql://`` URL, or when it is empty and the
+directory is in MySQL (jdmail.filters.statedb: its database, shared by the nodes). The SQL is the
 portable subset both understand: no upserts, no dialect functions, ``?``
 placeholders rewritten to ``%s`` for drivers that want them. Counts change by
 relative ``UPDATE ... SET spam = spam + ?``, so a server and ``jdmailctl bayes
@@ -24,7 +25,7 @@ GLOBAL = ""
 _CHUNK = 400            # ids per IN (...) list: under every driver's parameter limit
 _RETRIES = 3
 
-_SCHEMA = (
+SCHEMA = (
     """CREATE TABLE IF NOT EXISTS bayes_tokens (
         owner VARCHAR(255) NOT NULL,
         token BIGINT NOT NULL,
@@ -49,12 +50,18 @@ class StoreError(Exception):
     """The token database cannot be opened or used; str() is one line for the admin."""
 
 
-def open_store(database, datadir):
-    """A TokenStore for the ``database`` setting: '' (``<datadir>/bayes.sqlite``), a file
-    path or ``sqlite:PATH``, or ``mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE``."""
+def open_store(database, datadir, mysql=None):
+    """A TokenStore for the ``database`` setting: '' (the directory's MySQL database when
+    ``mysql``, a jdmail.filters.statedb.MySQLState, is given; else
+    ``<datadir>/bayes.sqlite``), a file path or ``sqlite:PATH``, or
+    ``mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE``."""
     database = (database or "").strip()
     if database.startswith("mysql://"):
         return TokenStore(_mysql_connector(database), "mysql")
+    if not database and mysql is not None:
+        # the tables are the directory schema's (or db init --filters-only's); connect on
+        # first use, so a server down at startup only makes scoring fail until it is back
+        return TokenStore(_mysql_connector(kwargs=mysql.kwargs), "mysql", where=mysql.where, lazy=True)
     if database.startswith("sqlite:"):
         database = database[len("sqlite:"):]
     path = os.path.abspath(os.path.expanduser(database or os.path.join(datadir, "bayes.sqlite")))
@@ -89,35 +96,35 @@ def _sqlite_connector(path):
     return connect
 
 
-def _mysql_connector(url):
-    parts = urlsplit(url)
+def _mysql_connector(url=None, kwargs=None):
+    if kwargs is None:
+        parts = urlsplit(url)
+        kwargs = dict(host=parts.hostname, port=parts.port or 3306, user=unquote(parts.username or ""),
+                      password=unquote(parts.password or ""), database=parts.path.strip("/"),
+                      charset="utf8mb4", autocommit=False, connect_timeout=10)
 
     def connect():
         try:
             import pymysql
         except ImportError:
             raise StoreError("mysql:// needs the pymysql package (pip install jdmail[mysql])") from None
-        conn = pymysql.connect(host=parts.hostname, port=parts.port or 3306,
-                               user=unquote(parts.username or ""),
-                               password=unquote(parts.password or ""),
-                               database=parts.path.strip("/"), charset="utf8mb4",
-                               autocommit=False, connect_timeout=10)
-        return conn, pymysql
+        return pymysql.connect(**kwargs), pymysql
     return connect
 
 
 class TokenStore:
     """Token and message counts per owner; see the module docstring."""
 
-    def __init__(self, connector, dialect, where=""):
+    def __init__(self, connector, dialect, where="", lazy=False):
         self._connector = connector
         self.dialect = dialect
         self.where = where or dialect
         self._lock = threading.RLock()
         self._conn = self._driver = None
-        with self._lock:
-            self._connect()
-            self._transaction(lambda cur: [cur.execute(sql) for sql in _SCHEMA])
+        if not lazy:            # connect now and create the tables; lazy: on first use
+            with self._lock:
+                self._connect()
+                self._transaction(lambda cur: [cur.execute(sql) for sql in SCHEMA])
 
     def _connect(self):
         try:
@@ -156,18 +163,26 @@ class TokenStore:
                     attempt += 1
                     if attempt >= _RETRIES:
                         raise
-                except self._driver.OperationalError as e:
+                except (self._driver.OperationalError, self._driver.InterfaceError) as e:
                     self._rollback()
-                    if self.dialect == "mysql" and not reconnected:
-                        reconnected = True
-                        self.close()
-                        continue
+                    if self.dialect == "mysql":
+                        self._drop()            # lost (the server restarted): a new connection
+                        if not reconnected:
+                            reconnected = True
+                            continue
                     raise StoreError(f"token database {self.where}: {e}") from None
                 finally:
                     try:
                         cur.close()
                     except Exception:
                         pass
+
+    def _drop(self):
+        conn, self._conn = self._conn, None
+        try:
+            conn.close()
+        except Exception:
+            pass
 
     def _rollback(self):
         try:

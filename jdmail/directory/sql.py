@@ -15,6 +15,11 @@ Schema versions (table ``schema_version``; ``migrate`` applies the missing ones)
   NULL = none), keep_copy, and mail_groups(address, members_only),
   group_members(group_address, member), group_senders(group_address, sender).
   ("groups" is a reserved word in MySQL 8, hence mail_groups.)
+* v3: the filters' state (jdmail.filters.statedb): greylist_triplet and
+  greylist_client (jdmail.filters.greylist_store), and in MySQL only bayes_tokens,
+  bayes_totals and bayes_seen (jdmail.bayes.store; with SQLite the tokens stay in
+  their own file). ``FILTER_STATEMENTS`` also serves ``jdmailctl db init
+  --filters-only`` on an existing (PostfixAdmin) schema.
 
 How a backend plugs in: subclass SQLDirectoryBackend, set ``dialect`` and provide
 three methods that run a function ``fn(cursor)``:
@@ -40,16 +45,18 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from jdmail.address import AddressError, check_mailbox, domain_of, normalize, normalize_domain
+from jdmail.bayes.store import SCHEMA as BAYES_SCHEMA
 from jdmail.directory.backend import (PROTOCOLS, DomainRecord, GroupRecord, IDirectoryBackend,
                                       IPasswordRehash, UserRecord)
 from jdmail.errors import DirectoryError
+from jdmail.filters.greylist_store import SCHEMA as GREYLIST_SCHEMA
 from jdmail.interfaces import IDirectoryAdmin
 from jdmail.passwords import verify_password
 
 __all__ = ["Dialect", "SQLITE", "MYSQL", "SCHEMA_VERSION", "MIGRATIONS", "migrate", "schema_version",
            "SQLDirectoryBackend", "check_domain", "check_address"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,12 @@ MYSQL = Dialect("mysql", "%s", key="VARCHAR(255)", text="TEXT", short="VARCHAR(2
                 table_options=" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
                 like_escape="ESCAPE '\\\\'", alias_order="target")
 
+# (dialects, statement): the filter tables (v3); each store creates the same tables itself.
+FILTER_STATEMENTS = (
+    *((("sqlite", "mysql"), statement + "{opts}") for statement in GREYLIST_SCHEMA),
+    *((("mysql",), statement + "{opts}") for statement in BAYES_SCHEMA),
+)
+
 MIGRATIONS = (
     (1, (
         "CREATE TABLE IF NOT EXISTS domains (name {key} PRIMARY KEY){opts}",
@@ -104,6 +117,7 @@ MIGRATIONS = (
         "CREATE TABLE group_senders (group_address {key} NOT NULL, sender {key} NOT NULL, "
         "PRIMARY KEY (group_address, sender)){opts}",
     )),
+    (3, FILTER_STATEMENTS),
 )
 
 
@@ -126,6 +140,10 @@ def migrate(cur, dialect, where="the directory database"):
         if version <= current:
             continue
         for statement in statements:
+            if isinstance(statement, tuple):          # (dialects, statement)
+                dialects, statement = statement
+                if dialect.name not in dialects:
+                    continue
             cur.execute(dialect.ddl(statement))
         if current == 0:
             cur.execute(dialect.sql("INSERT INTO schema_version (version) VALUES (?)"), (version,))

@@ -53,7 +53,8 @@ def _database(text):
 
 OPTIONS = {
     "database": Option("database", _database, default="",
-                       help="token database: empty = <datadir>/bayes.sqlite; a file path, sqlite:PATH, "
+                       help="token database: empty = the directory's MySQL database with [directory] type = mysql "
+                            "(see jdmailctl db init), else <datadir>/bayes.sqlite; a file path, sqlite:PATH, "
                             "or mysql://USER:PASSWORD@HOST:PORT/DATABASE"),
     "scope": Option.choice(("global", "user"), default="global",
                            help="global: one token table; user: each user's own once trained (else the global one)"),
@@ -133,6 +134,7 @@ def _single_user(txn):
 
 @implementer(IFilterFactory)
 class BayesFilterFactory:
+    log = Logger()
     kind = "bayes"
     description = ("jdmail's Bayesian spam classifier (chi-square); trained with jdmailctl bayes "
                    "train and by IMAP moves into and out of Junk")
@@ -145,11 +147,16 @@ class BayesFilterFactory:
         if settings["spam_cutoff"] <= settings["ham_cutoff"]:
             raise ConfigError(f"{settings['spam_cutoff']}: must be more than ham_cutoff "
                               f"({settings['ham_cutoff']})", path, section, "spam_cutoff")
+        mysql = None
+        if not settings["database"]:
+            from jdmail.filters.statedb import mysql_state
+            mysql = mysql_state(services.config, "bayes")
         try:
             engine = BayesEngine.open(settings["database"], services.datadir, params(settings),
-                                      settings["scope"], services)
+                                      settings["scope"], services, mysql)
         except StoreError as e:
             raise ConfigError(str(e), path, section, "database") from None
+        self.log.info("bayes {name}: tokens in {where}", name=name, where=engine.classifier.store.where)
         if settings["train_on_move"]:
             services.extra.setdefault("junk_learners", []).append(JunkLearner(engine, name))
         points = {"spam": settings["spam_points"], "ham": settings["ham_points"], "unsure": 0.0}

@@ -8,17 +8,22 @@ does not.
   entries unseen for ``expiry`` are forgotten;
 - a client network that passed ``auto_allow_after`` triplets is no longer greylisted
   (0: never auto-allowlisted);
-- the state is in :mod:`jdmail.filters.greylist_store`, called through ``run_blocking``.
+- the state is in :mod:`jdmail.filters.greylist_store`, called through ``run_blocking``, in
+  the directory's database (:mod:`jdmail.filters.statedb`: MySQL/MariaDB with a mysql
+  directory, so several nodes share it; else SQLite).
 """
 
 import ipaddress
 import os
 from dataclasses import dataclass
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from jdmail.filters.dnsutil import client_address, trusted_client
 from jdmail.interfaces import IFilter, IFilterFactory, Option, Stage, Verdict
+
+log = Logger()
 
 GREYLIST_TEXT = "Greylisted: mail from new senders is delayed here; please try again in a few minutes"
 
@@ -116,16 +121,16 @@ class GreylistFilter:
 
 
 def open_store(services):
-    """The GreylistStore in the directory's database: a connection of its own when the
-    directory backend offers one (``dbapi_connection()`` -> (connection, paramstyle):
-    the hook for MySQL), the SQLite directory's file, else ``<datadir>/greylist.sqlite``."""
-    from jdmail.filters.greylist_store import GreylistStore, open_sqlite
+    """The GreylistStore in the directory's database (jdmail.filters.statedb): its
+    MySQL/MariaDB database, the SQLite directory's file, else ``<datadir>/greylist.sqlite``."""
+    from jdmail.filters.greylist_store import GreylistStore, open_mysql, open_sqlite
+    from jdmail.filters.statedb import mysql_state
+    state = mysql_state(getattr(services, "config", None), "greylist")
+    if state is not None:
+        log.info("greylist: state in the directory's {where}", where=state.where)
+        return open_mysql(state.kwargs)
     directory = getattr(services, "directory", None)
     backend = getattr(directory, "backend", directory)      # a DirectoryService, or a bare backend
-    offer = getattr(backend, "dbapi_connection", None)
-    if offer is not None:
-        connection, paramstyle = offer()
-        return GreylistStore(connection, paramstyle)
     path = getattr(backend, "path", None)
     if not (isinstance(path, str) and path.endswith(".sqlite")):
         path = os.path.join(services.datadir, "greylist.sqlite")

@@ -1,6 +1,8 @@
-"""Greylisting state in SQL, over any DB-API 2 connection (sqlite3 now, pymysql later).
+"""Greylisting state in SQL, over a DB-API 2 connection: sqlite3, or pymysql for the
+directory's MySQL/MariaDB database (jdmail.filters.statedb).
 
-Two tables, created when missing:
+Two tables (created here when missing in SQLite; in MySQL by ``jdmailctl db init`` /
+``db upgrade``, or ``db init --filters-only`` for an existing schema):
 
 - ``greylist_triplet``: (client network, sender, recipient) -> first seen, last seen,
   passed (1 once the triplet was retried after the delay);
@@ -8,12 +10,15 @@ Two tables, created when missing:
   (auto-allowlisting).
 
 The methods are blocking; callers run them in the thread pool. One lock serialises use of
-the connection (sqlite3 connections are not shared between threads concurrently).
+the connection (sqlite3 connections are not shared between threads concurrently). Each
+method is one transaction; with ``connect`` (MySQL), a method that finds its connection
+lost (the server restarted) is run once more on a new one, and while the server is down
+every call raises (the filter's on_error applies).
 """
 
 import threading
 
-_SCHEMA = (
+SCHEMA = (
     """CREATE TABLE IF NOT EXISTS greylist_triplet (
         client VARCHAR(64) NOT NULL,
         sender VARCHAR(255) NOT NULL,
@@ -30,17 +35,24 @@ _SCHEMA = (
 
 
 class GreylistStore:
-    """The two greylist tables on one DB-API connection."""
+    """The two greylist tables on one DB-API connection.
 
-    def __init__(self, connection, paramstyle="qmark"):
+    ``connection``: an open connection (SQLite; the tables are created), or None with
+    ``connect`` (a function returning a new connection) and ``lost`` (True for an
+    exception meaning the connection is gone): connected on first use, reconnected
+    after a loss (MySQL; the tables exist already)."""
+
+    def __init__(self, connection, paramstyle="qmark", connect=None, lost=None):
         self.conn = connection
+        self._connect, self._lost = connect, lost or (lambda error: False)
         self._mark = "?" if paramstyle == "qmark" else "%s"
         self._lock = threading.Lock()
-        with self._lock:
-            cur = self.conn.cursor()
-            for statement in _SCHEMA:
-                cur.execute(statement)
-            self.conn.commit()
+        if connection is not None:
+            with self._lock:
+                cur = self.conn.cursor()
+                for statement in SCHEMA:
+                    cur.execute(statement)
+                self.conn.commit()
 
     def _sql(self, text):
         return text.replace("?", self._mark)
@@ -50,16 +62,54 @@ class GreylistStore:
         cur.execute(self._sql(sql), args)
         return cur.fetchone()
 
+    def _run(self, work, *args):
+        """``work(*args)`` under the lock as one transaction, committed; see the class docstring."""
+        with self._lock:
+            for attempt in (1, 2):
+                fresh = self.conn is None
+                if fresh:
+                    self.conn = self._connect()
+                try:
+                    result = work(*args)
+                    self.conn.commit()
+                    return result
+                except Exception as e:
+                    if self._connect is not None and self._lost(e):
+                        self._drop()
+                        if attempt == 1 and not fresh:
+                            continue        # the old connection had died: once more, on a new one
+                    else:
+                        try:
+                            self.conn.rollback()
+                        except Exception:
+                            if self._connect is not None:
+                                self._drop()
+                    raise
+
+    def _drop(self):
+        conn, self.conn = self.conn, None
+        if conn is not None and self._connect is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def close(self):
+        """Close the connection."""
+        with self._lock:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+
     def triplet(self, client, sender, recipient):
         """(first_seen, last_seen, passed) or None."""
-        with self._lock:
-            return self._one("SELECT first_seen, last_seen, passed FROM greylist_triplet "
-                             "WHERE client = ? AND sender = ? AND recipient = ?", (client, sender, recipient))
+        return self._run(self._one, "SELECT first_seen, last_seen, passed FROM greylist_triplet "
+                         "WHERE client = ? AND sender = ? AND recipient = ?", (client, sender, recipient))
 
     def record_attempt(self, client, sender, recipient, now):
         """Insert a new triplet first seen ``now``, or refresh last_seen of an existing one.
         Returns (first_seen, passed) as stored after the call."""
-        with self._lock:
+        def work():
             cur = self.conn.cursor()
             row = self._one("SELECT first_seen, passed FROM greylist_triplet "
                             "WHERE client = ? AND sender = ? AND recipient = ?", (client, sender, recipient))
@@ -72,22 +122,22 @@ class GreylistStore:
                 cur.execute(self._sql("UPDATE greylist_triplet SET last_seen = ? "
                                       "WHERE client = ? AND sender = ? AND recipient = ?"),
                             (now, client, sender, recipient))
-            self.conn.commit()
             return row[0], row[1]
+        return self._run(work)
 
     def restart(self, client, sender, recipient, now):
         """Start an expired triplet over: first seen ``now``, not passed."""
-        with self._lock:
+        def work():
             self.conn.cursor().execute(
                 self._sql("UPDATE greylist_triplet SET first_seen = ?, last_seen = ?, passed = 0 "
                           "WHERE client = ? AND sender = ? AND recipient = ?"),
                 (now, now, client, sender, recipient))
-            self.conn.commit()
+        self._run(work)
 
     def mark_passed(self, client, sender, recipient, now):
         """The triplet came back after the delay: mark it passed (once) and count a pass
         for the client network. Returns the client's pass count."""
-        with self._lock:
+        def work():
             cur = self.conn.cursor()
             cur.execute(self._sql("UPDATE greylist_triplet SET passed = 1, last_seen = ? "
                                   "WHERE client = ? AND sender = ? AND recipient = ? AND passed = 0"),
@@ -101,32 +151,38 @@ class GreylistStore:
             else:
                 cur.execute(self._sql("UPDATE greylist_client SET passes = ?, last_seen = ? WHERE client = ?"),
                             (passes, now, client))
-            self.conn.commit()
             return passes
+        return self._run(work)
 
     def client_passes(self, client):
         """(passes, last_seen) of a client network, or None."""
-        with self._lock:
-            return self._one("SELECT passes, last_seen FROM greylist_client WHERE client = ?", (client,))
+        return self._run(self._one, "SELECT passes, last_seen FROM greylist_client WHERE client = ?", (client,))
 
     def touch_client(self, client, now):
         """An allowlisted client was seen again: keep its entry from expiring."""
-        with self._lock:
+        def work():
             self.conn.cursor().execute(self._sql("UPDATE greylist_client SET last_seen = ? WHERE client = ?"),
                                        (now, client))
-            self.conn.commit()
+        self._run(work)
 
     def expire(self, before_triplet, before_client):
         """Delete triplets last seen before ``before_triplet`` and client entries last seen
         before ``before_client``; returns how many rows went."""
-        with self._lock:
+        def work():
             cur = self.conn.cursor()
             cur.execute(self._sql("DELETE FROM greylist_triplet WHERE last_seen < ?"), (before_triplet,))
             gone = cur.rowcount
             cur.execute(self._sql("DELETE FROM greylist_client WHERE last_seen < ?"), (before_client,))
-            gone += cur.rowcount
-            self.conn.commit()
-            return gone
+            return gone + cur.rowcount
+        return self._run(work)
+
+
+def open_mysql(kwargs):
+    """A GreylistStore in a MySQL/MariaDB database (pymysql.connect ``kwargs``), connected
+    on first use and again after the server restarted."""
+    import pymysql
+    from jdmail.directory.mysqlpool import is_connection_error
+    return GreylistStore(None, "format", connect=lambda: pymysql.connect(**kwargs), lost=is_connection_error)
 
 
 def open_sqlite(path):
