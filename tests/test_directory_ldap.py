@@ -487,6 +487,9 @@ class SettingsTests(unittest.TestCase):
         self.assertEqual(self.errors(alias_filter="(cn=info)"),
                          ["/etc/jdmail.ini: [directory] alias_filter '(cn=info)': must hold {address} "
                           "(or {local} / {domain})"])
+        self.assertEqual(self.errors(default_quota_messages=-1),
+                         ["/etc/jdmail.ini: [directory] default_quota_messages -1: expected 0 (no limit) "
+                          "or more"])
         self.assertEqual(self.errors(alias_target_attribute=""),
                          ["/etc/jdmail.ini: [directory] alias_target_attribute must name an attribute "
                           "when alias_filter is set"])

@@ -43,6 +43,7 @@ PRESETS = {
         "mail_attribute": "mail",
         "alias_attributes": ["mailLocalAddress"],
         "quota_attribute": "",
+        "quota_messages_attribute": "",
         "enabled_attribute": "",
         "enabled_format": "boolean",
         "forward_attribute": "",
@@ -59,6 +60,7 @@ PRESETS = {
         "mail_attribute": "mail",
         "alias_attributes": ["proxyAddresses"],
         "quota_attribute": "",
+        "quota_messages_attribute": "",
         "enabled_attribute": "userAccountControl",
         "enabled_format": "accountcontrol",
         "forward_attribute": "",
@@ -141,6 +143,7 @@ class LDAPBackend:
         self._domain_aliases = dict(settings.get("domain_alias_map", {}))
         self._all_domains = self._domains | frozenset(self._domain_aliases)
         mapping = [settings["mail_attribute"], *settings["alias_attributes"], settings["quota_attribute"],
+                   settings["quota_messages_attribute"],
                    settings["enabled_attribute"], settings["forward_attribute"],
                    settings["protocols_attribute"]]
         self._user_attributes = list(dict.fromkeys(a for a in mapping if a))
@@ -159,7 +162,8 @@ class LDAPBackend:
     async def domain(self, name):
         name = normalize_domain(name)
         if name in self._domains:
-            return DomainRecord(name)
+            return DomainRecord(name, quota_bytes=self._s["default_quota"],
+                                quota_messages=self._s["default_quota_messages"])
         if name in self._domain_aliases:
             return DomainRecord(name, alias_of=self._domain_aliases[name])
         return None
@@ -273,6 +277,14 @@ class LDAPBackend:
                 except ValueError:
                     self.log.warn("ldap: {dn} has {attr} = {value!r}, not a size; no quota applied",
                                   dn=dn, attr=s["quota_attribute"], value=values[0])
+        if s["quota_messages_attribute"]:
+            values = attrs.get(s["quota_messages_attribute"].lower())
+            if values:
+                if values[0].strip().isdigit():
+                    fields["quota_messages"] = int(values[0].strip())
+                else:
+                    self.log.warn("ldap: {dn} has {attr} = {value!r}, not a whole number; no message "
+                                  "quota applied", dn=dn, attr=s["quota_messages_attribute"], value=values[0])
         if s["enabled_attribute"]:
             fields["enabled"] = self._enabled(dn, attrs.get(s["enabled_attribute"].lower()))
         if s["forward_attribute"]:
@@ -399,6 +411,11 @@ class LDAPDirectoryFactory:
         "alias_attributes": _preset_list("attributes holding alternate addresses (smtp:/SMTP: "
                                          "prefixes understood)"),
         "quota_attribute": _preset_str("storage quota in bytes (or 100M); empty = none"),
+        "quota_messages_attribute": _preset_str("message count quota (a whole number); empty = none"),
+        "default_quota": Option.size(default=0, help="the storage quota of users without their own "
+                                                     "(the domains' default); 0 = none"),
+        "default_quota_messages": Option.int(default=0, help="the message count quota of users without "
+                                                             "their own; 0 = none"),
         "enabled_attribute": _preset_str("the account switch; empty = always enabled"),
         "enabled_format": Option.choice(("boolean", "accountcontrol"), default=None,
                                         help="boolean: FALSE/no/0/disabled switch off; accountcontrol: "
@@ -473,6 +490,8 @@ class LDAPDirectoryFactory:
         if s["alias_filter"] and not s["alias_target_attribute"]:
             bad("alias_target_attribute", "must name an attribute when alias_filter is set")
         s["domain_alias_map"] = _domain_aliases(s["domains"], s["domain_aliases"], bad)
+        if s["default_quota_messages"] < 0:
+            bad("default_quota_messages", f"{s['default_quota_messages']}: expected 0 (no limit) or more")
         if s["pool_size"] < 1:
             bad("pool_size", f"{s['pool_size']}: expected 1 or more")
         if s["timeout"] <= 0:

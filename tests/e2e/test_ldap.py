@@ -1,19 +1,22 @@
 """jdmail with [directory] type = ldap end to end: a real twistd jdmail whose users
 live in a real, private slapd (tests/fixtures/ldap.py), real clients (smtplib,
 poplib, imaplib). OpenLDAP and Active Directory presets, groups, logins, LDAP
-injection through the protocols, a disabled account, jdmailctl refusing changes but
-showing users (quota, usage), domains and groups, and slapd killed under a running server (tempfail, then recovery without a restart)."""
+injection through the protocols, a disabled account, quotas and protocol switches from
+LDAP attributes, jdmailctl refusing changes but showing users (quota, usage), domains
+and groups, and slapd killed under a running server (tempfail, then recovery without a
+restart)."""
 
 import atexit
 import os
 import imaplib
 import poplib
 import smtplib
+import time
 
 from twisted.trial.unittest import TestCase
 
 from tests.e2e import files_with, log_lines, message, token, unverified_context, wait_for
-from tests.fixtures.ldap import PASSWORDS, SERVICE_DN, SUFFIX, SlapdServer, seed_ldif
+from tests.fixtures.ldap import PASSWORDS, SERVICE_DN, SUFFIX, SlapdServer, seed_ldif, ssha
 from tests.fixtures.server import JdmailServer
 
 _shared = {}
@@ -329,6 +332,74 @@ class ActiveDirectoryTests(Clients, TestCase):
         self.assertTrue(log_lines(self.server, "account disabled"))
         status, _ = self.imap_login("frank@example.com", PASSWORDS["frank"])
         self.assertEqual(status, "OK")
+
+
+class AccountFeatureTests(Clients, TestCase):
+    """Quotas (mailQuota, a message-count attribute, the domain default) and protocol
+    switches (enabledService) from LDAP, on users added for the test with ldapmodify."""
+
+    def setUp(self):
+        self.slapd = shared_slapd()
+        # employeeNumber stands in for a message-count attribute (the fixture's schema has none)
+        self.server = shared_jdmail("features", self.slapd, quota_attribute="mailQuota",
+                                    quota_messages_attribute="employeeNumber", default_quota_messages="5",
+                                    protocols_attribute="enabledService")
+        self.uid = f"quinn{time.monotonic_ns()}"
+        self.address = f"{self.uid}@example.org"
+        self.slapd.modify(f"""
+            dn: uid={self.uid},ou=people,{SUFFIX}
+            changetype: add
+            objectClass: inetOrgPerson
+            objectClass: mailUser
+            uid: {self.uid}
+            cn: Quinn
+            sn: Quinn
+            mail: {self.address}
+            mailQuota: 2000
+            enabledService: imap
+            enabledService: smtp
+            userPassword: {ssha("quinn-pw")}
+            """)
+
+    def test_storage_quota_and_protocol_switches(self):
+        tok = token()
+        c = self.smtp()
+        self.assertEqual(c.sendmail("sender@remote.test", [self.address], message(tok, body="x" * 900 + "\r\n")), {})
+        self.stored_for(tok, self.address)
+        with self.assertRaises(smtplib.SMTPRecipientsRefused) as cm:     # SIZE=~1 kB: over 2000 bytes
+            self.smtp().sendmail("sender@remote.test", [self.address], message(token(), body="x" * 900 + "\r\n"))
+        self.assertEqual(cm.exception.recipients,
+                         {self.address: (452, f"4.2.2 <{self.address}>: Mailbox full".encode())})
+        size, count = maildir_usage(self.server.maildir(self.address))
+        self.assertEqual(count, 1)
+        show = self.server.ctl("user", "show", self.address).stdout
+        self.assertIn("protocols: imap, smtp\nquota: 2000 bytes (the user's own)\n", show)
+        self.assertIn(f"usage: {size} bytes, 1 messages\n", show)
+        self.assertEqual(self.imap_login(self.address, "quinn-pw")[0], "OK")
+        reply, _ = self.pop3_login(self.address, "quinn-pw")
+        self.assertEqual(reply, b"-ERR [AUTH] POP3 access is disabled for this account")
+        self.assertIn("quota_messages: 5 messages (domain default)\n", show)
+
+    def test_message_count_quota(self):
+        address = f"rosa{time.monotonic_ns()}@example.org"
+        self.slapd.modify(f"""
+            dn: uid={address.split("@")[0]},ou=people,{SUFFIX}
+            changetype: add
+            objectClass: inetOrgPerson
+            uid: {address.split("@")[0]}
+            cn: Rosa
+            sn: Rosa
+            mail: {address}
+            employeeNumber: 1
+            userPassword: {ssha("rosa-pw")}
+            """)
+        self.assertEqual(self.smtp().sendmail("sender@remote.test", [address], message(token())), {})
+        with self.assertRaises(smtplib.SMTPRecipientsRefused) as cm:
+            self.smtp().sendmail("sender@remote.test", [address], message(token()))
+        self.assertEqual(cm.exception.recipients, {address: (452, f"4.2.2 <{address}>: Mailbox full".encode())})
+        show = self.server.ctl("user", "show", address).stdout
+        self.assertIn("quota: none\nquota_messages: 1 messages (the user's own)\n", show)
+        self.assertRegex(show, r"usage: \d+ bytes, 1 messages\n")
 
 
 class DirectoryDownTests(Clients, TestCase):

@@ -12,6 +12,7 @@ import imaplib
 import os
 import poplib
 import smtplib
+import socket
 import ssl
 import warnings
 
@@ -124,7 +125,14 @@ class OwnSchemaTests(MySQLServerCase):
 
     def setUp(self):
         super().setUp()
-        self.jd = self.server(**({"rehash": "yes"} if "rehash" in self._testMethodName else {}))
+        overrides = {}
+        if "forwarding" in self._testMethodName:         # remote.test's relay is down: mail stays queued
+            with socket.socket() as free:
+                free.bind(("127.0.0.1", 0))
+                port = free.getsockname()[1]
+            overrides = {"relay:nowhere": {"host": "127.0.0.1", "port": str(port), "tls": "none"},
+                         "routing": {"recipient:remote.test": "relay:nowhere"}}
+        self.jd = self.server(overrides, **({"rehash": "yes"} if "rehash" in self._testMethodName else {}))
         self.jd.ctl("db", "init")
         self.directory = admin = self.admin()
         admin.add_domain("example.org")
@@ -142,6 +150,35 @@ class OwnSchemaTests(MySQLServerCase):
         self.assertEqual(self.send(self.jd, ["team@example.org"], "to team"), {})
         self.assertEqual(self.subjects(self.jd, "bob@example.org"), ["to bob", "to info", "to team"])
         self.assertEqual(self.subjects(self.jd, "carol@example.org"), ["to team"])
+
+    def test_quota_switches_forwarding_and_closed_group(self):
+        """The account features on this backend, set with jdmailctl as an admin would."""
+        for args in (("user", "add", "dan@example.org", "--password", "dan-pw"),
+                     ("user", "set", "dan@example.org", "--quota-messages", "1", "--protocols", "imap"),
+                     ("user", "add", "away@example.org", "--password", "away-pw"),
+                     ("user", "set", "away@example.org", "--forward", "away@remote.test", "--no-keep-copy"),
+                     ("group", "add", "board@example.org", "bob@example.org", "--members-only")):
+            self.jd.ctl(*args)
+        self.jd.start()
+        self.assertEqual(self.rcpt(self.jd, "board@example.org"),
+                         [(550, b"5.7.1 <board@example.org>: Recipient address rejected: "
+                                b"you may not post to this group")])
+        with smtplib.SMTP("127.0.0.1", self.jd.ports["smtp"], timeout=30) as s:
+            self.assertEqual(s.sendmail("bob@example.org", ["board@example.org"], message("board")), {})
+        self.assertEqual(self.subjects(self.jd, "bob@example.org"), ["board"])
+        self.assertEqual(self.send(self.jd, ["dan@example.org"], "first"), {})
+        self.assertEqual(self.rcpt(self.jd, "dan@example.org"),
+                         [(452, b"4.2.2 <dan@example.org>: Mailbox full")])
+        show = self.jd.ctl("user", "show", "dan@example.org").stdout
+        self.assertIn("quota_messages: 1 messages (the user's own)\n", show)
+        self.assertRegex(show, r"usage: \d+ bytes, 1 messages\n")
+        self.assertEqual(self.imap_login(self.jd, "dan@example.org", "dan-pw")[0], "OK")
+        with self.assertRaises(poplib.error_proto) as cm:
+            self.pop3_login(self.jd, "dan@example.org", "dan-pw")
+        self.assertEqual(cm.exception.args[0], b"-ERR [AUTH] POP3 access is disabled for this account")
+        self.assertEqual(self.send(self.jd, ["away@example.org"], "away"), {})
+        self.assertIn("away@remote.test", self.jd.ctl("queue", "list").stdout)   # its relay is down
+        self.assertEqual(self.jd.messages("away@example.org"), [])
 
     def test_login_with_every_hash_scheme(self):
         users = {}
