@@ -167,6 +167,30 @@ class OpenLDAPPresetTests(LDAPTestCase):
         self.assertEqual((await backend.user("bob@example.org")).address, "bob@example.org")
 
 
+class PoolTests(LDAPTestCase):
+
+    async def test_concurrent_lookups_share_a_few_connections(self):
+        from twisted.internet.defer import Deferred, gatherResults
+        backend = self.backend(pool_size=2)
+        connections = backend._conns
+        opened = []
+        real_open = connections._open
+
+        def counting_open(user, password):
+            conn = real_open(user, password)
+            opened.append(conn)
+            return conn
+        connections._open = counting_open
+        for _ in range(2):
+            users = await gatherResults([Deferred.fromCoroutine(backend.user(a)) for a in
+                                         ("bob@example.org", "alice@example.org", "robert@example.org") * 4])
+            self.assertEqual({u.address for u in users}, {"bob@example.org", "alice@example.org"})
+        self.assertIn(len(opened), (1, 2))          # 24 lookups, 10 threads, at most pool_size connections
+        bob = users[0]
+        self.assertTrue(await backend.verify(bob, PASSWORDS["bob"]))
+        self.assertLessEqual(len(opened), 3)        # a login binds on a connection of its own kind
+
+
 class PagingTests(LDAPTestCase):
     """The fixture answers unpaged searches with 2 entries at most (AD: 1,000)."""
 

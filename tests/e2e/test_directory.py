@@ -5,7 +5,7 @@ the real jdmailctl.
 Groups and members-only posting, forwarding with and without a copy (remote targets
 land in the outbound queue, seen with ``jdmailctl queue list``), domain default quotas,
 the message-count quota over SMTP and IMAP, per-protocol switches, ``user show``,
-rehash on login and the lookup cache's TTL.
+rehash on login, the lookup cache's TTL, and POP3/IMAP logins with every hash scheme.
 """
 
 import atexit
@@ -299,3 +299,43 @@ class CacheTests(TestCase):
         self.assertEqual(await deferToThread(self.rcpt, "sales@example.org"), 550)
         self.server.ctl("alias", "add", "sales@example.org", "bob@example.org")
         self.assertEqual(await deferToThread(self.rcpt, "sales@example.org"), 250)
+
+
+class HashSchemeTests(TestCase):
+    """Users whose hashes came from another system (written into directory.sqlite as an
+    import would) log in over POP3 and IMAP with every scheme jdmail verifies."""
+
+    def test_login_with_every_hash_scheme(self):
+        from tests.e2e.test_mysql_e2e import hashes
+        users = {scheme: f"{scheme.lower()}@example.org" for scheme in hashes("pw-x")}
+
+        def setup(s):
+            d = SQLiteBackend(os.path.join(s.datadir, "directory.sqlite"))
+            d.add_domain("example.org")
+            for scheme, stored in hashes("pw-x").items():
+                d.add_user(users[scheme], stored)
+            d.close()
+        server = start_server({}, "", setup)
+        self.addCleanup(server.stop)
+        for scheme, address in users.items():
+            for password, ok in (("pw-x", True), ("pw-y", False)):
+                imap = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=unverified_context())
+                try:
+                    if ok:
+                        self.assertEqual(imap.login(address, password)[0], "OK", scheme)
+                    else:
+                        with self.assertRaises(imaplib.IMAP4.error, msg=scheme):
+                            imap.login(address, password)
+                finally:
+                    imap.shutdown()
+                pop = poplib.POP3_SSL("127.0.0.1", server.ports["pop3s"], context=unverified_context(), timeout=10)
+                try:
+                    pop.user(address)
+                    if ok:
+                        self.assertTrue(pop.pass_(password).startswith(b"+OK"), scheme)
+                    else:
+                        with self.assertRaises(poplib.error_proto, msg=scheme):
+                            pop.pass_(password)
+                finally:
+                    pop.close()
+        self.assertNotIn("pw-x", server.read_log())

@@ -335,15 +335,17 @@ class ActiveDirectoryTests(Clients, TestCase):
 
 
 class AccountFeatureTests(Clients, TestCase):
-    """Quotas (mailQuota, a message-count attribute, the domain default) and protocol
-    switches (enabledService) from LDAP, on users added for the test with ldapmodify."""
+    """Quotas (mailQuota, a message-count attribute, the domain default), protocol
+    switches (enabledService) and a members-only group from LDAP, on users added for the
+    test with ldapmodify."""
 
     def setUp(self):
         self.slapd = shared_slapd()
         # employeeNumber stands in for a message-count attribute (the fixture's schema has none)
         self.server = shared_jdmail("features", self.slapd, quota_attribute="mailQuota",
                                     quota_messages_attribute="employeeNumber", default_quota_messages="5",
-                                    protocols_attribute="enabledService")
+                                    protocols_attribute="enabledService", group_members_only="yes",
+                                    group_senders_attribute="description")
         self.uid = f"quinn{time.monotonic_ns()}"
         self.address = f"{self.uid}@example.org"
         self.slapd.modify(f"""
@@ -379,6 +381,18 @@ class AccountFeatureTests(Clients, TestCase):
         reply, _ = self.pop3_login(self.address, "quinn-pw")
         self.assertEqual(reply, b"-ERR [AUTH] POP3 access is disabled for this account")
         self.assertIn("quota_messages: 5 messages (domain default)\n", show)
+
+    def test_members_only_group(self):
+        c = self.smtp()
+        c.mail("eve@remote.test")
+        self.assertEqual(c.rcpt("team@example.org"),
+                         (550, b"5.7.1 <team@example.org>: Recipient address rejected: you may not post to "
+                               b"this group"))
+        c.rset()
+        for sender in ("alice@example.org", "Robert@example.org", "someone@partner.example"):
+            tok = token()       # a member, a member's alternate address, a listed sender domain
+            self.assertEqual(self.smtp().sendmail(sender, ["team@example.org"], message(tok)), {}, sender)
+            self.stored_for(tok, "bob@example.org")
 
     def test_message_count_quota(self):
         address = f"rosa{time.monotonic_ns()}@example.org"

@@ -1,7 +1,8 @@
 """A real jdmail (twistd) with [directory] type = mysql on a private mariadbd.
 
 jdmail's own schema: SMTP to a user, an alias and a group; POP3 and IMAP logins with
-every hash scheme jdmail reads; rehash on login. A PostfixAdmin-shaped database read
+every hash scheme jdmail reads; rehash on login; quotas, protocol switches, forwarding
+through the queue, a members-only group, a catch-all and a domain alias set with jdmailctl. A PostfixAdmin-shaped database read
 with the queries shown in etc/jdmail.ini, unchanged. mariadbd killed mid-test: RCPT
 gets 451 4.3.0 (never 550), IMAP LOGIN NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP]; after
 mariadbd restarts, the same jdmail process serves again by itself."""
@@ -151,13 +152,15 @@ class OwnSchemaTests(MySQLServerCase):
         self.assertEqual(self.subjects(self.jd, "bob@example.org"), ["to bob", "to info", "to team"])
         self.assertEqual(self.subjects(self.jd, "carol@example.org"), ["to team"])
 
-    def test_quota_switches_forwarding_and_closed_group(self):
+    def test_quota_switches_forwarding_closed_group_and_aliases(self):
         """The account features on this backend, set with jdmailctl as an admin would."""
         for args in (("user", "add", "dan@example.org", "--password", "dan-pw"),
                      ("user", "set", "dan@example.org", "--quota-messages", "1", "--protocols", "imap"),
                      ("user", "add", "away@example.org", "--password", "away-pw"),
                      ("user", "set", "away@example.org", "--forward", "away@remote.test", "--no-keep-copy"),
-                     ("group", "add", "board@example.org", "bob@example.org", "--members-only")):
+                     ("group", "add", "board@example.org", "bob@example.org", "--members-only"),
+                     ("alias", "add", "@example.net", "@example.org"),
+                     ("alias", "add", "*@example.org", "carol@example.org")):
             self.jd.ctl(*args)
         self.jd.start()
         self.assertEqual(self.rcpt(self.jd, "board@example.org"),
@@ -166,6 +169,9 @@ class OwnSchemaTests(MySQLServerCase):
         with smtplib.SMTP("127.0.0.1", self.jd.ports["smtp"], timeout=30) as s:
             self.assertEqual(s.sendmail("bob@example.org", ["board@example.org"], message("board")), {})
         self.assertEqual(self.subjects(self.jd, "bob@example.org"), ["board"])
+        self.assertEqual(self.send(self.jd, ["bob@example.net", "whoever@example.org"], "aliases"), {})
+        self.assertEqual(self.subjects(self.jd, "bob@example.org"), ["aliases", "board"])   # domain alias
+        self.assertEqual(self.subjects(self.jd, "carol@example.org"), ["aliases"])          # catch-all
         self.assertEqual(self.send(self.jd, ["dan@example.org"], "first"), {})
         self.assertEqual(self.rcpt(self.jd, "dan@example.org"),
                          [(452, b"4.2.2 <dan@example.org>: Mailbox full")])
