@@ -42,3 +42,8 @@ class DirectoryUnavailable(Exception):
 
 class DirectoryError(Exception):
     """An administrative directory operation was refused (duplicate, unknown domain, bad address)."""
+
+
+class FilterUnavailable(Exception):
+    """A service a filter needs (its database, a daemon) cannot answer now. The filter
+    chain logs str() as one line, without a traceback, and applies the filter's on_error."""

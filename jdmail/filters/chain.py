@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
 from twisted.logger import Logger
 
+from jdmail.errors import FilterUnavailable
 from jdmail.filters.results import clean_header, render_header
 from jdmail.interfaces import Action, Stage, Verdict
 
@@ -121,6 +122,8 @@ class FilterChain:
             verdict = await d
         except (TimeoutError, CancelledError):
             return self._failed(entry, stage, txn, f"timed out after {timeout:g}s", started)
+        except FilterUnavailable as e:
+            return self._failed(entry, stage, txn, f"unavailable: {_one_line(e)}", started)
         except Exception as e:
             self.log.failure("filter {filter} failed at {stage}", filter=entry.name, stage=stage.value)
             return self._failed(entry, stage, txn, f"error: {type(e).__name__}: {_one_line(e)}", started)

@@ -18,6 +18,8 @@ every call raises (the filter's on_error applies).
 
 import threading
 
+from jdmail.errors import FilterUnavailable
+
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS greylist_triplet (
         client VARCHAR(64) NOT NULL,
@@ -78,6 +80,7 @@ class GreylistStore:
                         self._drop()
                         if attempt == 1 and not fresh:
                             continue        # the old connection had died: once more, on a new one
+                        raise FilterUnavailable(f"the greylist database cannot answer: {e}") from None
                     else:
                         try:
                             self.conn.rollback()
@@ -179,10 +182,16 @@ class GreylistStore:
 
 def open_mysql(kwargs):
     """A GreylistStore in a MySQL/MariaDB database (pymysql.connect ``kwargs``), connected
-    on first use and again after the server restarted."""
+    on first use and again after the server restarted; FilterUnavailable while it is down."""
     import pymysql
-    from jdmail.directory.mysqlpool import is_connection_error
-    return GreylistStore(None, "format", connect=lambda: pymysql.connect(**kwargs), lost=is_connection_error)
+    from jdmail.directory.mysqlpool import describe, is_connection_error
+
+    def connect():
+        try:
+            return pymysql.connect(**kwargs)
+        except pymysql.err.MySQLError as e:
+            raise FilterUnavailable(f"the greylist database cannot answer: {describe(e)}") from None
+    return GreylistStore(None, "format", connect=connect, lost=is_connection_error)
 
 
 def open_sqlite(path):

@@ -83,7 +83,8 @@ class GreylistTests(OwnSchemaCase):
 
         self.mariadb.kill()                    # the greylist's connection dies with it
         self.addCleanup(lambda: self.mariadb.proc.poll() is None or self.mariadb.start())
-        self.assertEqual(rcpt(one, "carol@pass.test")[0], 451)       # the directory cannot answer
+        code, text = rcpt(one, "carol@pass.test")       # the directory or the greylist cannot answer
+        self.assertEqual((code, text[:6]), (451, b"4.3.0 "), text)
         self.mariadb.start()
         code, text = rcpt(one, "carol@pass.test")
         self.assertEqual((code, text[:16]), (451, b"4.7.1 Greylisted"), text)
