@@ -234,7 +234,9 @@ class ExpiryTests(unittest.TestCase):
     async def test_filter_expires_on_its_own(self):
         server = await deferToThread(_trained_server, self, "token_expiry = 1s\nexpiry_max_count = 1000")
         before = token_count(server)
-        await deferToThread(time.sleep, 1.2)
+        # atime is whole seconds and the cut-off is int(now - 1s): only 2 s after training
+        # is every token certainly older than the cut-off.
+        await deferToThread(time.sleep, 2.2)
         await deferToThread(_send, server, message(random.Random(36), False, 904))
         logged = await deferToThread(wait_for, lambda: "bayes expiry: deleted" in server.read_log())
         self.assertTrue(logged, server.read_log()[-3000:])
