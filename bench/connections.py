@@ -239,7 +239,7 @@ def _run(args, tmp):
                     else:
                         details[t.name]["runs"].append(m)
         result["rows"] = rows(args, details)
-        result["exit"] = 1 if (any(d["errors"] for d in details.values()) or len(running) < len(targets)) else 0
+        result["exit"] = harness.exit_code(details, running, targets)
         return result
     finally:
         for t in targets:

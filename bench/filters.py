@@ -265,31 +265,17 @@ def run(args, tmp):
                 if t.name == "jdmail":
                     say(f"jdmail + filters: Bayes trained on {len(training)} messages: {train(t, training, tmp)}")
         harness.start_all(targets, nofile, status, running)
-        details = {t.name: {"runs": [], "errors": []} for t in running}
-        result["details"] = details
-        for rnd in range(args.rounds):
-            for t in harness.round_order(running, rnd):
-                tag = f"round {rnd + 1}/{args.rounds} {t.label}"
-                try:
-                    f = one_run(t, args, users, jobs, helpers if t.name == "jdmail" else [], nofile)
-                except Exception as e:   # noqa: BLE001
-                    details[t.name]["errors"].append(f"round {rnd + 1}: {e!r}")
-                    say(f"{tag}: failed: {e!r}")
-                    continue
-                say(f"{tag}: {f['accepted']} of {f['messages']} accepted, {f['stored']} stored, "
-                    f"{f['msgs_per_s']:.0f} msg/s, p50 {f['p50_ms'] or 0:.0f} ms p99 {f['p99_ms'] or 0:.0f} ms, "
-                    f"server CPU {f['server_cpu_s']:.1f}s, other programs {100 * (f['other_cpu_share'] or 0):.0f}%")
-                if f["errors"]:
-                    details[t.name]["errors"].extend(f"round {rnd + 1}: {e}" for e in f["errors"])
-                    say(f"{tag}: {'; '.join(f['errors'])}")
-                else:
-                    details[t.name]["runs"].append(f)
+        details = result["details"] = harness.run_rounds(
+            running, args.rounds,
+            lambda t: one_run(t, args, users, jobs, helpers if t.name == "jdmail" else [], nofile),
+            lambda f: (f"{f['accepted']} of {f['messages']} accepted, {f['stored']} stored, "
+                       f"{f['msgs_per_s']:.0f} msg/s, p50 {f['p50_ms'] or 0:.0f} ms p99 {f['p99_ms'] or 0:.0f} ms"))
         spec = [("filters_msgs_per_s", "messages/s accepted and stored", "msg/s", "higher", "msgs_per_s", 1)]
         spec += harness.common_spec("filters")
         spec += [("filters_helpers_cpu", "  clamd + spamd CPU per 1,000 messages", "s", None, "helpers_cpu_per_1000", 1),
                  ("filters_helpers_rss", "  clamd + spamd peak RSS", "MB", None, "helpers_peak_rss", 1 / 2**20)]
         result["rows"] = harness.make_rows(details, spec)
-        result["exit"] = 1 if (any(d["errors"] for d in details.values()) or len(running) < len(targets)) else 0
+        result["exit"] = harness.exit_code(details, running, targets)
         return result
     finally:
         for t in targets:

@@ -29,6 +29,38 @@ def round_order(running, rnd):
     return list(running) if rnd % 2 == 0 else list(reversed(running))
 
 
+def run_rounds(running, rounds, measure, describe, after_failure=None):
+    """Run ``measure(target)`` for every running target in every round, alternating
+    the order; print ``describe(figures)`` after each run. A run whose figures carry
+    ``errors`` (or that raised) is recorded as an error, not as a round. Returns
+    ``{server: {"runs": [...], "errors": [...]}}``."""
+    details = {t.name: {"runs": [], "errors": []} for t in running}
+    for rnd in range(rounds):
+        for t in round_order(running, rnd):
+            tag = f"round {rnd + 1}/{rounds} {t.label}"
+            try:
+                f = measure(t)
+            except Exception as e:   # noqa: BLE001
+                if after_failure is not None:
+                    after_failure()
+                details[t.name]["errors"].append(f"round {rnd + 1}: {e!r}")
+                say(f"{tag}: failed: {e!r}")
+                continue
+            say(f"{tag}: {describe(f)}, server CPU {f['server_cpu_s']:.1f}s, peak RSS "
+                f"{f['peak_rss'] / 2**20:.0f} MB, other programs {100 * (f['other_cpu_share'] or 0):.0f}%")
+            if f["errors"]:
+                details[t.name]["errors"].extend(f"round {rnd + 1}: {e}" for e in f["errors"][:5])
+                say(f"{tag}: {len(f['errors'])} problem(s), e.g. {f['errors'][0]}")
+            else:
+                details[t.name]["runs"].append(f)
+    return details
+
+
+def exit_code(details, running, targets):
+    """1 when a server failed to start or a round had errors, else 0."""
+    return 1 if (any(d["errors"] for d in details.values()) or len(running) < len(targets)) else 0
+
+
 def result_skeleton(benchmark, title, params, targets, status):
     return {"benchmark": benchmark, "title": title, "params": params, "servers": status,
             "order": [t.name for t in targets], "labels": {t.name: t.label for t in targets}}

@@ -14,7 +14,7 @@ import time
 
 from bench import harness, maildata, servers
 from bench.imap import password_hash
-from bench.measure import Meter, percentile, say, self_cpu_seconds
+from bench.measure import Meter, percentile, self_cpu_seconds
 
 DOMAIN = "example.org"
 PASSWORD = "bench-Passw0rd"
@@ -166,32 +166,17 @@ def run(args, tmp):
         for t in targets:
             t.setup([(u, hashed) for u in users])
         harness.start_all(targets, nofile, status, running)
-        details = {t.name: {"runs": [], "errors": []} for t in running}
-        result["details"] = details
-        for rnd in range(args.rounds):
-            for t in harness.round_order(running, rnd):
-                tag = f"round {rnd + 1}/{args.rounds} {t.label}"
-                try:
-                    f = one_run(t, args, users, template, nofile)
-                except Exception as e:   # noqa: BLE001
-                    details[t.name]["errors"].append(f"round {rnd + 1}: {e!r}")
-                    say(f"{tag}: failed: {e!r}")
-                    continue
-                say(f"{tag}: {f['messages']} messages retrieved and deleted, {f['msgs_per_s']:.0f} msg/s, "
-                    f"p50 {f['p50_ms'] or 0:.2f} ms p99 {f['p99_ms'] or 0:.1f} ms, server CPU {f['server_cpu_s']:.1f}s, "
-                    f"peak RSS {f['peak_rss'] / 2**20:.0f} MB, other programs {100 * (f['other_cpu_share'] or 0):.0f}%")
-                if f["errors"]:
-                    details[t.name]["errors"].extend(f"round {rnd + 1}: {e}" for e in f["errors"][:5])
-                    say(f"{tag}: {len(f['errors'])} problem(s), e.g. {f['errors'][0]}")
-                else:
-                    details[t.name]["runs"].append(f)
+        details = result["details"] = harness.run_rounds(
+            running, args.rounds, lambda t: one_run(t, args, users, template, nofile),
+            lambda f: (f"{f['messages']} messages retrieved and deleted, {f['msgs_per_s']:.0f} msg/s, "
+                       f"p50 {f['p50_ms'] or 0:.2f} ms p99 {f['p99_ms'] or 0:.1f} ms"))
         spec = [("pop3_msgs_per_s", "messages/s retrieved and deleted", "msg/s", "higher", "msgs_per_s", 1),
                 ("pop3_sessions_per_s", "  whole sessions/s", "sess/s", "higher", "sessions_per_s", 1),
                 ("pop3_session_p50_s", "  one session, p50", "s", "lower", "session_p50_s", 1)]
         spec += [(k, label.replace("latency", "command latency"), *rest)
                  for k, label, *rest in harness.common_spec("pop3")]
         result["rows"] = harness.make_rows(details, spec)
-        result["exit"] = 1 if (any(d["errors"] for d in details.values()) or len(running) < len(targets)) else 0
+        result["exit"] = harness.exit_code(details, running, targets)
         return result
     finally:
         for t in targets:

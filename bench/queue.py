@@ -20,7 +20,7 @@ import sys
 import time
 
 from bench import harness, servers
-from bench.measure import Meter, say
+from bench.measure import Meter
 from bench.postfix import Postfix, SmtpSink, wait_until
 from bench.smtp import parse_size
 
@@ -147,30 +147,15 @@ def run(args, tmp):
         for t in targets:
             t.setup([(SENDER, "{PLAIN}x")] if t.name == "jdmail" else ())
         harness.start_all(targets, nofile, status, running)
-        details = {t.name: {"runs": [], "errors": []} for t in running}
-        result["details"] = details
-        for rnd in range(args.rounds):
-            for t in harness.round_order(running, rnd):
-                tag = f"round {rnd + 1}/{args.rounds} {t.label}"
-                try:
-                    f = one_run(t, sink, args, nofile)
-                except Exception as e:   # noqa: BLE001
-                    sink.stop()
-                    details[t.name]["errors"].append(f"round {rnd + 1}: {e!r}")
-                    say(f"{tag}: failed: {e!r}")
-                    continue
-                say(f"{tag}: {f['received']} of {f['messages']} delivered in {f['wall_s']:.1f}s, "
-                    f"{f['msgs_per_s']:.0f} msg/s, server CPU {f['server_cpu_s']:.1f}s, "
-                    f"peak RSS {f['peak_rss'] / 2**20:.0f} MB, other programs {100 * (f['other_cpu_share'] or 0):.0f}%")
-                if f["errors"]:
-                    details[t.name]["errors"].extend(f"round {rnd + 1}: {e}" for e in f["errors"])
-                    say(f"{tag}: {'; '.join(f['errors'])}")
-                else:
-                    details[t.name]["runs"].append(f)
+        details = result["details"] = harness.run_rounds(
+            running, args.rounds, lambda t: one_run(t, sink, args, nofile),
+            lambda f: (f"{f['received']} of {f['messages']} delivered in {f['wall_s']:.1f}s, "
+                       f"{f['msgs_per_s']:.0f} msg/s"),
+            after_failure=sink.stop)
         spec = [("queue_msgs_per_s", "messages/s from the queue to smtp-sink", "msg/s", "higher", "msgs_per_s", 1)]
         spec += [r for r in harness.common_spec("queue") if "latency" not in r[1] and "generator" not in r[1]]
         result["rows"] = harness.make_rows(details, spec)
-        result["exit"] = 1 if (any(d["errors"] for d in details.values()) or len(running) < len(targets)) else 0
+        result["exit"] = harness.exit_code(details, running, targets)
         return result
     finally:
         sink.stop()

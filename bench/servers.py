@@ -12,7 +12,6 @@ import os
 import pwd
 import grp
 import resource
-import shutil
 import signal
 import socket
 import subprocess

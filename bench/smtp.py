@@ -206,32 +206,16 @@ def run(args, tmp):
                 status[t.name] = {"status": f"setup failed: {str(e).splitlines()[0]}", "log": str(e)[-3000:]}
                 say(f"{t.label}: {e}")
         harness.start_all([t for t in targets if t.name not in status], nofile, status, running)
-        details = {t.name: {"runs": [], "errors": []} for t in running}
-        result["details"] = details
-        for rnd in range(args.rounds):
-            for t in harness.round_order(running, rnd):
-                tag = f"round {rnd + 1}/{args.rounds} {t.label}"
-                try:
-                    f = one_run(t, args, users, nofile)
-                except Exception as e:   # noqa: BLE001
-                    details[t.name]["errors"].append(f"round {rnd + 1}: {e!r}")
-                    say(f"{tag}: failed: {e!r}")
-                    continue
-                say(f"{tag}: {f['messages']} messages, {f['msgs_per_s']:.0f} msg/s stored "
-                    f"({f['accepted_per_s']:.0f} msg/s accepted), probe p50 {f['p50_ms'] or 0:.1f} ms "
-                    f"p99 {f['p99_ms'] or 0:.1f} ms, server CPU {f['server_cpu_s']:.1f}s, "
-                    f"peak RSS {f['peak_rss'] / 2**20:.0f} MB, other programs {100 * (f['other_cpu_share'] or 0):.0f}%")
-                if f["errors"]:
-                    details[t.name]["errors"].extend(f"round {rnd + 1}: {e}" for e in f["errors"])
-                    for e in f["errors"]:
-                        say(f"{tag}: {e}")
-                else:
-                    details[t.name]["runs"].append(f)
+        details = result["details"] = harness.run_rounds(
+            running, args.rounds, lambda t: one_run(t, args, users, nofile),
+            lambda f: (f"{f['messages']} messages, {f['msgs_per_s']:.0f} msg/s stored "
+                       f"({f['accepted_per_s']:.0f} msg/s accepted), probe p50 {f['p50_ms'] or 0:.1f} ms "
+                       f"p99 {f['p99_ms'] or 0:.1f} ms"))
         spec = [("smtp_msgs_per_s", "messages/s, sent until all stored", "msg/s", "higher", "msgs_per_s", 1),
                 ("smtp_accepted_per_s", "  messages/s accepted (smtp-source done)", "msg/s", "higher",
                  "accepted_per_s", 1)] + harness.common_spec("smtp")
         result["rows"] = harness.make_rows(details, spec)
-        result["exit"] = 1 if (any(d["errors"] for d in details.values()) or len(running) < len(targets)) else 0
+        result["exit"] = harness.exit_code(details, running, targets)
         return result
     finally:
         for t in targets:
