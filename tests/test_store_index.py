@@ -7,6 +7,8 @@ root after the old one closed its connections.
 
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 
 from twisted.internet import reactor
@@ -321,6 +323,38 @@ class RebuildTests(StoreTestCase):
         conn.close()
         time.sleep(1.01)
         await self.check_rebuilt(uidvalidity)
+
+    def test_out_of_file_descriptors_is_not_damage(self):
+        """An index that cannot be opened for a moment (here: the process is at its
+        RLIMIT_NOFILE, as with thousands of idle IMAP sessions) raises; it is not
+        renamed to .damaged and rebuilt with new UIDs."""
+        maildir = os.path.abspath(self.mktemp())
+        os.makedirs(maildir)
+        script = (
+            "import os, resource, sqlite3, sys\n"
+            "from jdmail.store.index import open_index, INDEX_NAME\n"
+            "d = sys.argv[1]\n"
+            "conn, how = open_index(d); assert how == 'new', how; conn.close()\n"
+            "held = []\n"
+            "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+            "try:\n"
+            "    while True: held.append(os.open(os.devnull, os.O_RDONLY))\n"
+            "except OSError: pass\n"
+            "os.close(held.pop())\n"                    # room for the database, none for its WAL
+            "try:\n"
+            "    open_index(d)\n"
+            "    print('opened')\n"
+            "except sqlite3.OperationalError as e:\n"
+            "    print('refused:', e)\n"
+            "for fd in held: os.close(fd)\n"
+            "conn, how = open_index(d); print('then', how)\n")
+        out = subprocess.run([sys.executable, "-c", script, maildir], capture_output=True, text=True,
+                             timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("refused:", out.stdout)
+        self.assertIn("then ok", out.stdout)
+        self.assertFalse(os.path.exists(os.path.join(maildir, INDEX_NAME + ".damaged")))
 
     async def test_index_symlink_is_not_followed(self):
         await self.deliver()

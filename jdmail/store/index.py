@@ -200,6 +200,13 @@ def open_index(maildir):
     try:
         conn = _connect(path)
         problem = _valid(conn)
+    except sqlite3.OperationalError:
+        # cannot open, busy, I/O error, disk full, out of file descriptors: a
+        # condition of the moment, not a damaged file; rebuilding would throw away
+        # every UID and keyword. The caller answers "try again later".
+        if conn is not None:
+            conn.close()
+        raise
     except (sqlite3.DatabaseError, IndexDamaged) as e:
         problem = f"{type(e).__name__}: {e}"
     if problem is None:                 # empty database: first use
