@@ -1,6 +1,7 @@
 """Bayes against the real server: jdmailctl bayes train on a Maildir and an mbox,
 train-on-move over IMAP (imapclient MOVE/COPY into and out of Junk), and the filter over SMTP."""
 
+import functools
 import os
 import random
 import smtplib
@@ -10,7 +11,7 @@ import time
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
-from tests.e2e import unverified_context
+from tests.e2e import unverified_context, wait_for as e2e_wait_for
 from tests.fixtures.server import running_server
 from tests.fixtures.spamham import corpus, message
 
@@ -39,14 +40,8 @@ def totals(server, owner=""):
     return tuple(row) if row else (0, 0)
 
 
-def wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return predicate()
+# the servers here train, expire and greylist on the thread pool: more patience
+wait_for = functools.partial(e2e_wait_for, timeout=15.0, interval=0.05)
 
 
 def imap(server):

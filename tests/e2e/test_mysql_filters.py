@@ -5,16 +5,15 @@ mariadbd restart; Bayes trained with jdmailctl into MariaDB, classifying over SM
 IMAP moves into Junk training into MariaDB. For a PostfixAdmin database: SQLite until
 ``jdmailctl db init --filters-only`` made the tables, MariaDB after."""
 
+import functools
 import os
 import random
 import smtplib
-import time
 
 from twisted.internet.threads import deferToThread
-from twisted.trial import unittest
 
 from jdmail.passwords import hash_password
-from tests.e2e import unverified_context
+from tests.e2e import unverified_context, wait_for as e2e_wait_for
 from tests.e2e.test_mysql_e2e import MySQLServerCase
 from tests.fixtures.spamham import corpus, message
 from tests.test_directory_mysql import load_postfixadmin, postfixadmin_queries
@@ -36,14 +35,8 @@ def rcpt(server, sender, recipient=BOB):
     return reply
 
 
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    return predicate()
+# the servers here train, expire and greylist on the thread pool: more patience
+wait_for = functools.partial(e2e_wait_for, timeout=20.0, interval=0.1)
 
 
 class OwnSchemaCase(MySQLServerCase):
