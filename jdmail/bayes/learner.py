@@ -9,6 +9,8 @@ is only logged: the user's command has already succeeded.
 
 from twisted.logger import Logger
 
+from jdmail.bayes.store import StoreError
+
 __all__ = ["JunkLearner", "JUNK", "MAX_READ", "BATCH"]
 
 JUNK = "\\Junk"            # RFC 6154 special-use attribute
@@ -31,6 +33,10 @@ class JunkLearner:
         raises; returns the number of messages that changed the tables."""
         try:
             return await self._transferred(user, account, source, dest, uids)
+        except StoreError as e:      # the token database is down: one line, no traceback
+            self.log.warn("bayes {name}: training from an IMAP move failed user={user}: {error}",
+                          name=self.name, user=user, error=str(e))
+            return 0
         except Exception:
             self.log.failure("bayes {name}: training from an IMAP move failed user={user}",
                              name=self.name, user=user)

@@ -17,7 +17,7 @@ from jdmail.bayes.classifier import Params
 from jdmail.bayes.expiry import DAY, AutoExpiry
 from jdmail.bayes.learner import JunkLearner
 from jdmail.bayes.store import StoreError, check_database
-from jdmail.errors import ConfigError
+from jdmail.errors import ConfigError, FilterUnavailable
 from jdmail.filters.chain import SPAM_TEXT
 from jdmail.interfaces import IFilter, IFilterFactory, Option, Stage, Verdict
 
@@ -98,7 +98,11 @@ class BayesFilter:
         if self.expiry is not None:
             self.expiry.due()
         data = await self.engine.services.run_blocking(_read_message, txn)
-        score = await self.engine.score(data, _single_user(txn))
+        try:
+            score = await self.engine.score(data, _single_user(txn))
+        except StoreError as e:
+            # the token database is down: the chain applies on_error, with one log line
+            raise FilterUnavailable(str(e)) from None
         header = ("X-Spam-Bayes", _describe(score))
         if not score.trained:
             return Verdict.add_headers(header, reason="bayes: not trained yet")

@@ -15,6 +15,7 @@ from twisted.internet.threads import deferToThread
 from jdmail.passwords import hash_password
 from tests.e2e import unverified_context, wait_for as e2e_wait_for
 from tests.e2e.test_mysql_e2e import MySQLServerCase
+from tests.fixtures.server import running_server
 from tests.fixtures.spamham import corpus, message
 from tests.test_directory_mysql import load_postfixadmin, postfixadmin_queries
 
@@ -174,3 +175,52 @@ class BayesTests(OwnSchemaCase):
             wait_for, lambda: self.sql("SELECT spam, ham FROM bayes_totals WHERE owner = ''") == ((21, 20),))
         self.assertTrue(moved, jd.read_log()[-3000:])
         self.assertIn(f"bayes bayes: tokens in mysql database '{self.database}'", jd.read_log())
+
+
+class BayesDatabaseDownTests(MySQLServerCase):
+    """[filter:bayes] database = mysql://... with the directory in SQLite: while that
+    mariadbd is down, scoring gets the filter's on_error and training from an IMAP move
+    is given up, each with one log line and no traceback; scoring resumes when it is back."""
+
+    async def test_scoring_and_training_while_the_token_database_is_down(self):
+        m = self.mariadb
+        url = f"mysql://{m.user}:{m.password}@{m.host}:{m.port}/{self.database}"
+        extra = (f"[filters]\nchain = bayes\n\n[filter:bayes]\ndatabase = {url}\non_error = continue\n")
+        jd = await deferToThread(running_server, self, users=((BOB, "bob-pw"),),
+                                 overrides={"imap": {"listen": "tcp:0:interface=127.0.0.1"}}, extra_ini=extra)
+        self.assertIn(("bayes_totals",), self.sql("SHOW TABLES"))        # made at startup
+        rng = random.Random(7)
+
+        def send(raw):
+            with smtplib.SMTP("127.0.0.1", jd.ports["smtp"], timeout=30) as s:
+                return s.sendmail("sender@elsewhere.test", [BOB], raw)
+
+        self.mariadb.kill()
+        self.addCleanup(lambda: self.mariadb.proc.poll() is None or self.mariadb.start())
+        self.assertEqual(await deferToThread(send, message(rng, True, 960)), {})
+        inbox = _folder(jd, "INBOX")
+        self.assertEqual(len(inbox), 1)
+        self.assertNotIn(b"X-Spam-Bayes", inbox[0])
+        self.assertIn("on_error=continue (unavailable: ", jd.read_log())
+
+        def into_junk():
+            from imapclient import IMAPClient
+            c = IMAPClient("127.0.0.1", port=jd.ports["imap"], ssl=False, timeout=10)
+            c.starttls(unverified_context())
+            c.login(BOB, "bob-pw")
+            try:
+                c.select_folder("INBOX")        # Junk (\\Junk) is one of the folders made at first login
+                c.copy(c.search(["ALL"]), "Junk")
+            finally:
+                c.logout()
+        await deferToThread(into_junk)
+        failed = await deferToThread(
+            wait_for, lambda: "training from an IMAP move failed user=bob@example.org: " in jd.read_log())
+        self.assertTrue(failed, jd.read_log()[-3000:])
+
+        self.mariadb.start()        # not in a thread: mariadbd dies with the thread that started it
+        self.assertEqual(await deferToThread(send, message(rng, False, 961)), {})
+        inbox = _folder(jd, "INBOX")
+        self.assertEqual(len(inbox), 2)
+        self.assertEqual(sum(b"X-Spam-Bayes: untrained" in raw for raw in inbox), 1)
+        self.assertNotIn("Traceback", jd.read_log())
