@@ -53,7 +53,7 @@ from twisted.internet import defer, interfaces, protocol, task
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from jdmail.net import peer_host, set_nodelay
+from jdmail.net import peer_host, set_nodelay, write_now
 from jdmail.flow import Throttle
 from jdmail.auth import DisabledAccount, IAccountAvatar
 from jdmail.errors import DirectoryUnavailable
@@ -285,7 +285,7 @@ class IMAPServer(imap4.IMAP4Server):
             self._out = []
             self._out_size = 0
             if not self._gone and not self.transport.disconnecting:
-                self.transport.write(data)
+                write_now(self.transport, data)
 
     def _write_now(self, data):
         self._send(data)

@@ -28,7 +28,7 @@ from twisted.internet import defer, interfaces, protocol, task
 from twisted.logger import Logger
 from twisted.mail import pop3
 
-from jdmail.net import peer_host, set_nodelay
+from jdmail.net import peer_host, set_nodelay, write_now
 from jdmail.flow import Throttle
 from jdmail.auth import DisabledAccount, IAccountAvatar
 from jdmail.errors import DirectoryUnavailable
@@ -154,7 +154,7 @@ class POP3Server(pop3.POP3):
 
     def _write(self, data):
         if not self._gone and not self.transport.disconnecting:
-            self.transport.write(data)
+            write_now(self.transport, data)
 
     def _ok(self, text=""):
         self._write(b"+OK" + (b" " + text.encode("utf-8") if text else b"") + b"\r\n")
