@@ -40,11 +40,12 @@ differ, on purpose:
 
 import binascii
 import codecs
+import functools
 import html
 import marshal
 import re
 
-__all__ = ["MessageStructure", "Part", "decode_header_value", "decode_bytes",
+__all__ = ["MessageStructure", "Part", "decode_header_value", "decode_bytes", "header_section",
            "parse_addresses"]
 
 # Limits that keep hostile messages from costing too much (Dovecot uses similar ones).
@@ -1344,6 +1345,7 @@ def _collect_text(node, data, out, top=False):
 _FIELD_NAME = re.compile(r'"((?:[^"\\]|\\.)*)"|([^\s()"]+)')
 
 
+@functools.lru_cache(maxsize=256)
 def _field_names(text):
     return frozenset((q if q else a).replace('\\"', '"').replace("\\\\", "\\").lower()
                      .encode("utf-8", "replace")
@@ -1362,3 +1364,26 @@ def _select_fields(data, start, end, names, keep):
     eol = b"\n" if (end > start and b"\r\n" not in data[start:end]) else b"\r\n"
     out.append(eol)
     return b"".join(out)
+
+
+def header_section(data, spec):
+    """``BODY[HEADER]``, ``BODY[HEADER.FIELDS (...)]`` or ``BODY[HEADER.FIELDS.NOT (...)]``
+    of the message ``data`` itself (no part number), without parsing its MIME
+    structure: the same octets as ``MessageStructure.parse(data).section(data, spec)``
+    (the header ends where the parser ends it). Raises ValueError for other specs."""
+    spec = spec.strip()
+    fields = None
+    paren = spec.find("(")
+    if paren >= 0:
+        fields = _field_names(spec[paren:])
+        spec = spec[:paren].strip()
+    keyword = spec.upper()
+    if keyword not in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        raise ValueError("not a header section: %r" % (spec,))
+    if (keyword == "HEADER") != (fields is None):
+        return b""
+    data = bytes(data)
+    _hend, bs, _term = _header_block(data, 0, len(data), ())
+    if keyword == "HEADER":
+        return data[:bs]
+    return _select_fields(data, 0, bs, fields, keyword == "HEADER.FIELDS")

@@ -613,6 +613,61 @@ class StructureBatchTests(Base):
                          "a NO [EXPUNGEISSUED] Some messages were expunged by another session")
 
 
+class HeaderCacheTests(Base):
+    """FETCH of header sections needs no MIME structure, and its answer comes from the
+    section cache the second time (no file opened), byte for byte the same."""
+
+    HEADERS = "BODY.PEEK[HEADER.FIELDS (FROM SUBJECT)] RFC822.HEADER"
+
+    def counting(self):
+        s = self.selected()
+        folder = s.proto.folder
+        opened = []
+        real = folder.open_message
+
+        def open_message(uid):
+            opened.append(uid)
+            return real(uid)
+        folder.open_message = open_message
+        folder.structures = folder.structure = None         # never needed
+        return s, opened
+
+    def test_second_fetch_from_the_cache(self):
+        s, opened = self.counting()
+        first = s.send("a FETCH 1:3 (UID %s)\r\n" % self.HEADERS)
+        self.assertEqual(opened, [1, 2, 3])
+        self.assertIn("* 3 FETCH (UID 3 BODY[HEADER.FIELDS (FROM SUBJECT)] {45}\r\n"
+                      "From: dave@example.org\r\nSubject: third \u00e9\r\n\r\n RFC822.HEADER {45}\r\n",
+                      first)
+        self.assertTrue(first.endswith("a OK Fetch completed\r\n"))
+        second = s.send("b FETCH 1:3 (UID %s)\r\n" % self.HEADERS)
+        self.assertEqual(opened, [1, 2, 3])
+        self.assertEqual(second, first.replace("a OK", "b OK"))
+        # a partial range is cut from the cached section; another field list is read again
+        self.assertEqual(s.cmd("c FETCH 1 (BODY.PEEK[HEADER.FIELDS (FROM SUBJECT)]<0.4>)"),
+                         ["* 1 FETCH (BODY[HEADER.FIELDS (FROM SUBJECT)]<0> {4}", "From)",
+                          "c OK Fetch completed"])
+        self.assertEqual(opened, [1, 2, 3])
+        s.cmd("d FETCH 1 (BODY.PEEK[HEADER.FIELDS (TO)])")
+        self.assertEqual(opened, [1, 2, 3, 1])
+
+    def test_gone_message_not_cached(self):
+        s, opened = self.counting()
+        del s.proto.folder.box.messages[2]
+        self.assertEqual(s.cmd("a FETCH 2 (BODY.PEEK[HEADER])"),
+                         ["a NO [EXPUNGEISSUED] Some messages were expunged by another session"])
+
+    def test_other_folder_other_answer(self):
+        s, opened = self.counting()
+        s.cmd("a FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        self.assertTagged(s.cmd("b CREATE Other"), "b OK Create completed")
+        s.store.deliver(M3, folder="Other")
+        s.cmd("c SELECT Other")
+        self.assertEqual(s.cmd("d FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])"),
+                         ["* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {21}", "Subject: third \u00e9", "", ")",
+                          "d OK Fetch completed"])
+
+
 class StreamingTests(Base):
 
     def test_big_fetch_is_chunked_and_waits_for_the_transport(self):

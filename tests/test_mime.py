@@ -13,7 +13,7 @@ import re
 from twisted.trial import unittest
 
 from jdmail.mime import (MessageStructure, decode_bytes, decode_header_value,
-                         parse_addresses)
+                         header_section, parse_addresses)
 
 CORPUS = os.path.join(os.path.dirname(__file__), "fixtures", "messages")
 
@@ -711,3 +711,40 @@ class RobustnessTests(unittest.TestCase):
         bs = ms.bodystructure(True)
         parse_imap(bs)
         self.assertLess(len(list(ms.walk())), 10000)
+
+
+class HeaderSectionTests(unittest.TestCase):
+    """header_section (FETCH of header fields without the MIME structure) gives what
+    MessageStructure.section gives, on every corpus message, damaged copies and
+    odd headers."""
+
+    SPECS = ("HEADER", "HEADER.FIELDS (DATE FROM TO CC SUBJECT MESSAGE-ID CONTENT-TYPE)",
+             "HEADER.FIELDS.NOT (SUBJECT RECEIVED)", 'HEADER.FIELDS ("subject" X-NONE)',
+             "HEADER.FIELDS (REFERENCES)", "HEADER.FIELDS", "HEADER (FROM)")
+
+    def check(self, name, data):
+        ms = MessageStructure.parse(data)
+        for spec in self.SPECS:
+            self.assertEqual(header_section(data, spec), ms.section(data, spec), (name, spec))
+
+    def test_corpus_and_damaged_copies(self):
+        rng = random.Random(9051)
+        for name, data in corpus():
+            self.check(name, data)
+            for cut in sorted({rng.randrange(len(data)) for _ in range(5)} | {0, 1}):
+                self.check("%s[:%d]" % (name, cut), data[:cut])
+            self.check(name + " LF", data.replace(b"\r\n", b"\n"))
+
+    def test_odd_headers(self):
+        long_header = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 70) for i in range(1200))
+        for data in (b"", b"\r\n", b"\n\nbody", b"Subject: no blank line",
+                     b"Subject: a\r\n folded\r\nFrom: x\r\n\r\nbody\r\n",
+                     b"Subject: a\n\r\nmixed\r\n", b"Subject: a\r\n\nbody",
+                     long_header + b"Subject: far\r\n\r\nbody",
+                     long_header + b"Subject: never ends\r\n" + b"line\r\n" * 20000,
+                     b"Content-Type: multipart/mixed; boundary=b\r\n--b\r\nX: y\r\n\r\n--b--\r\n"):
+            self.check(repr(data[:30]), data)
+
+    def test_other_sections_refused(self):
+        for spec in ("", "TEXT", "1", "1.HEADER", "MIME"):
+            self.assertRaises(ValueError, header_section, b"Subject: x\r\n\r\n", spec)

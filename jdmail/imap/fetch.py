@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from jdmail.imap.parser import Atom, ParseError, parse_tokens
 from jdmail.imap.responses import flags_list, internaldate, quoted
+from jdmail.mime import header_section
 
 __all__ = ["FastFetch", "FetchRequest", "Section", "fast_renderer", "parse_fetch", "render", "record_flags"]
 
@@ -37,6 +38,12 @@ class Section:
     peek: bool              # does not set \Seen
     origin: int = None      # partial: first octet
     length: int = None      # partial: how many octets
+
+    @property
+    def header_only(self):
+        """HEADER, HEADER.FIELDS or HEADER.FIELDS.NOT of the message itself: cut from
+        its octets without its MIME structure."""
+        return self.spec == "HEADER" or self.spec.startswith("HEADER.FIELDS")
 
 
 class FetchRequest:
@@ -129,8 +136,9 @@ def _item(token, req):
             req.items.append(sec)
             return
         elif upper in ("RFC822.HEADER", "RFC822.TEXT"):
-            req.needs_data = req.needs_structure = True
+            req.needs_data = True
             sec = Section(upper.encode(), upper[7:], upper == "RFC822.HEADER")
+            req.needs_structure |= not sec.header_only
             req.sets_seen |= not sec.peek
             req.sections.append(sec)
             req.items.append(sec)
@@ -156,7 +164,7 @@ def _item(token, req):
         label += b"<%d>" % origin
     sec = Section(label, spec, peek, origin, length)
     req.needs_data = True
-    if spec:
+    if spec and not sec.header_only:
         req.needs_structure = True
     req.sets_seen |= not peek
     req.sections.append(sec)
@@ -209,6 +217,8 @@ def section_data(sec, structure, data):
     """The octets of one section (before the partial range is applied)."""
     if sec.spec == "":
         return data
+    if sec.header_only:
+        return header_section(data, sec.spec)
     return structure.section(data, sec.spec)
 
 
@@ -266,12 +276,13 @@ def fast_renderer(req, uid_fetch):
     return FastFetch(items)
 
 
-def render(req, seq, record, uid_fetch, extra_items=(), structure=None, data=None, recent=()):
+def render(req, seq, record, uid_fetch, extra_items=(), structure=None, data=None, recent=(), values=None):
     """One ``* n FETCH (...)`` response (bytes, CRLF-terminated).
 
     ``extra_items`` are names added by the server (UID for UID FETCH, FLAGS when
     \\Seen was just set, MODSEQ under CONDSTORE), placed where RFCs expect them.
-    ``recent`` is the set of UIDs that are \\Recent in this session.
+    ``recent`` is the set of UIDs that are \\Recent in this session. ``values``
+    ({spec: octets}) gives sections already cut (then ``data`` is not needed).
     """
     out = []
     items = req.items
@@ -279,7 +290,7 @@ def render(req, seq, record, uid_fetch, extra_items=(), structure=None, data=Non
         out.append(b"UID %d" % record.uid)
     for item in items:
         if isinstance(item, Section):
-            value = section_data(item, structure, data)
+            value = values[item.spec] if values is not None else section_data(item, structure, data)
             if item.origin is not None:
                 value = value[item.origin:item.origin + item.length]
             out.append(item.label + b" " + literal(value))

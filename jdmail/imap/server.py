@@ -59,7 +59,9 @@ from jdmail.auth import DisabledAccount, IAccountAvatar
 from jdmail.errors import DirectoryUnavailable
 from jdmail.imap import listing
 from jdmail.imap.fetch import Section, fast_renderer, parse_fetch, record_flags, render
+from jdmail.mime import header_section
 from jdmail.imap.parser import Atom, ParseError, astring, literal_suffix, parse_command
+from jdmail.imap.sectioncache import CACHE as SECTION_CACHE
 from jdmail.imap.responses import (
     MailboxNameError, SYSTEM_FLAGS, canonical_flag, decode_mailbox, format_set,
     mailbox as mailbox_out, parse_date_time, quoted)
@@ -1452,6 +1454,11 @@ class IMAPServer(imap4.IMAP4Server):
                 head_req.items = [item for item in req.items if not isinstance(item, Section)]
             wanted = [i for i in iter_spans(spans)
                       if changedsince is None or folder.records[i].modseq > changedsince]
+            if req.needs_data and not req.needs_structure and all(sec.header_only for sec in req.sections):
+                fkey = SECTION_CACHE.folder_key(folder)
+                if fkey is not None:
+                    missing = await self._fetch_headers(req, fkey, wanted, uid, extras, seen_set, recent)
+                    wanted = ()
             for k in range(0, len(wanted), BATCH):
                 batch = wanted[k:k + BATCH]
                 structures = None
@@ -1473,6 +1480,32 @@ class IMAPServer(imap4.IMAP4Server):
         if missing:
             raise No("Some messages were expunged by another session", "EXPUNGEISSUED")
         return None
+
+    async def _fetch_headers(self, req, fkey, wanted, uid, extras, seen_set, recent):
+        """FETCH responses whose sections are all header sections, from the section
+        cache where it has them; True when a message turned out to be gone."""
+        specs = [sec.spec for sec in req.sections]
+        folder = self.folder
+        services = self.factory.services
+        missing = False
+        for i in wanted:
+            record = folder.records[i]
+            values = SECTION_CACHE.get(fkey, record.uid, specs)
+            if values is None:
+                try:
+                    data = await self._read_message(folder, record, services)
+                except FolderGone:
+                    raise
+                except (OSError, KeyError, LookupError, FolderError):
+                    missing = True
+                    continue
+                values = {spec: header_section(data, spec) for spec in specs}
+                SECTION_CACHE.put(fkey, record.uid, values)
+            self._send(render(req, i + 1, record, uid, extras if record.uid in seen_set else (),
+                              values=values, recent=recent))
+            if self._out_size > FLUSH_AT:
+                await self._drain()
+        return missing
 
     async def _fetch_one(self, req, head_req, whole_only, seq, record, uid, extra, structure, recent):
         """One message's FETCH response that needs its file; False when it is gone."""
