@@ -606,6 +606,21 @@ class StructureBatchTests(Base):
         self.assertEqual(s.cmd("a SEARCH SUBJECT multi")[0].split()[2:5], ["2", "5", "8"])
         self.assertEqual([len(c) for c in calls], [500, 500, 200])
 
+    def test_search_fields_cached(self):
+        s, calls = self.batched(600)
+        first = s.cmd("a SEARCH SUBJECT multi FROM carol")
+        self.assertEqual(first[0].split()[2:5], ["2", "5", "8"])
+        self.assertEqual([len(c) for c in calls], [500, 100])
+        self.assertEqual(s.cmd("b SEARCH SUBJECT multi FROM carol"), [first[0], "b OK Search completed"])
+        self.assertEqual(s.cmd("c SEARCH OR SUBJECT first HEADER FROM carol")[0].split()[2:6],
+                         ["1", "2", "4", "5"])
+        self.assertEqual([len(c) for c in calls], [500, 100])      # every field value was known
+        self.assertEqual(s.cmd("d SEARCH TO bob")[0].split()[2:4], ["1", "4"])
+        self.assertEqual([len(c) for c in calls], [500, 100, 500, 100])     # TO was not
+        # SENTBEFORE reads the structure for more than fields: asked for again
+        self.assertEqual(s.cmd("e SEARCH SUBJECT first SENTBEFORE 1-Jan-2030")[0].split()[2:4], ["1", "4"])
+        self.assertEqual(len(calls), 6)
+
     def test_gone_messages(self):
         s, calls = self.batched(3)
         del s.proto.folder.box.messages[2]

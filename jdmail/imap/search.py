@@ -53,14 +53,17 @@ class SearchProgram:
     when only the message's flags decide (ALL, flag and keyword keys, NOT, OR and
     groups of these): ``flags_match`` then answers for a flag set alone."""
 
-    __slots__ = ("needs", "uses_modseq", "_fn", "text", "flags_only")
+    __slots__ = ("needs", "uses_modseq", "_fn", "text", "flags_only", "fields")
 
-    def __init__(self, fn, needs, uses_modseq, text="", flags_only=False):
+    def __init__(self, fn, needs, uses_modseq, text="", flags_only=False, fields=None):
         self._fn = fn
         self.needs = frozenset(needs)
         self.uses_modseq = uses_modseq
         self.text = text
         self.flags_only = flags_only
+        # when the structure is used for nothing but envelope fields: their names (a
+        # message may then carry them precomputed, see field_value)
+        self.fields = frozenset(fields) if fields else None
 
     def flags_match(self, flags):
         """For a ``flags_only`` program: True when a message with ``flags`` matches."""
@@ -68,6 +71,14 @@ class SearchProgram:
 
     def __repr__(self):
         return "<SearchProgram needs=%s modseq=%s>" % (sorted(self.needs), self.uses_modseq)
+
+
+def field_value(structure, name):
+    """What a search compares an envelope field with: its decoded, casefolded value,
+    or None when the message has no such field."""
+    if structure.field(name) is None:
+        return None
+    return structure.decoded(name).casefold()
 
 
 def match(program, msg, ctx):
@@ -115,12 +126,13 @@ class _Lazy:
 
     def field(self, name):
         """The casefolded decoded value of an envelope field, or None when absent."""
+        given = getattr(self.msg, "fields", None)
+        if given is not None:
+            return given[name]
         key = ("f", name)
         cache = self._cache
         if key not in cache:
-            s = self.structure()
-            raw = s.field(name)
-            cache[key] = None if raw is None else s.decoded(name).casefold()
+            cache[key] = field_value(self.structure(), name)
         return cache[key]
 
     def header(self, name):
@@ -213,6 +225,8 @@ class _Parser:
         self.utf8 = utf8
         self.charset = charset
         self.needs = set()
+        self.fields = set()             # envelope fields read through lazy.field
+        self.other_structure = False    # the structure is used for more than those
         self.uses_modseq = False
         self.flags_only = True
         self.depth = 0
@@ -462,6 +476,7 @@ def _k_internal_date(p, name):
 def _k_sent_date(p, name):
     day = p.date(name)
     p.needs.update(_STRUCTURE)
+    p.other_structure = True
 
     def sent(msg, ctx, lazy):
         cache = lazy._cache
@@ -483,6 +498,7 @@ def _k_envelope_string(p, name):
     needle = p.string(name).casefold()
     field = _ENVELOPE_STRING_KEYS[name]
     p.needs.update(_STRUCTURE)
+    p.fields.add(field)
 
     def fn(msg, ctx, lazy):
         value = lazy.field(field)
@@ -497,6 +513,7 @@ def _k_header(p, name):
         raise SearchError("Empty header field name")
     if field in _ENVELOPE_HEADERS:
         p.needs.update(_STRUCTURE)
+        p.fields.add(field)
 
         def env(msg, ctx, lazy):
             value = lazy.field(field)
@@ -596,4 +613,6 @@ def parse_search(args, utf8=False):
         tokens = tokens[2:]
     parser = _Parser(tokens, utf8, charset)
     fn = parser.program()
-    return SearchProgram(fn, parser.needs, parser.uses_modseq, flags_only=parser.flags_only)
+    fields = parser.fields if not parser.other_structure else None
+    return SearchProgram(fn, parser.needs, parser.uses_modseq, flags_only=parser.flags_only,
+                         fields=fields)

@@ -1,4 +1,5 @@
-"""Header sections FETCH has cut, kept in memory for the next FETCH of them.
+"""Header sections FETCH has cut (and the envelope fields SEARCH compares), kept in
+memory for the next FETCH or SEARCH of them.
 
 Mail clients fetch the same few header fields of the same messages again and
 again (BODY.PEEK[HEADER.FIELDS (DATE FROM ...)] on every resync); Dovecot keeps
@@ -23,10 +24,17 @@ __all__ = ["SectionCache", "CACHE"]
 
 MAX_BYTES = 8 * 1024 * 1024
 _ENTRY_OVERHEAD = 160           # the key tuple and the dict slot, roughly
+_MISS = object()
+
+
+def _cost(spec, value):
+    return (len(value) if value is not None else 0) + len(spec) + _ENTRY_OVERHEAD
 
 
 class SectionCache:
-    """An LRU map (folder key, UID, section spec) -> the section's octets."""
+    """An LRU map (folder key, UID, spec) -> value: a section's octets (spec: the
+    section), or a search's value of an envelope field (spec "field:" + name: a str
+    or None)."""
 
     def __init__(self, max_bytes=MAX_BYTES):
         self.max_bytes = max_bytes
@@ -49,34 +57,34 @@ class SectionCache:
         return (token, view.uidvalidity)
 
     def get(self, fkey, uid, specs):
-        """{spec: octets} for every spec of ``specs``, or None unless all are cached."""
+        """{spec: value} for every spec of ``specs``, or None unless all are cached."""
         entries = self._entries
         out = {}
         for spec in specs:
             key = (fkey, uid, spec)
-            value = entries.get(key)
-            if value is None:
+            value = entries.get(key, _MISS)
+            if value is _MISS:
                 return None
             entries.move_to_end(key)
             out[spec] = value
         return out
 
     def put(self, fkey, uid, values):
-        """Keep ``values`` ({spec: octets}) of message ``uid``."""
+        """Keep ``values`` ({spec: value}) of message ``uid``."""
         entries = self._entries
         for spec, value in values.items():
-            cost = len(value) + len(spec) + _ENTRY_OVERHEAD
+            cost = _cost(spec, value)
             if cost > self.max_bytes // 64:
                 continue            # a huge header is not worth evicting many others
             key = (fkey, uid, spec)
-            old = entries.pop(key, None)
-            if old is not None:
-                self.size -= len(old) + len(spec) + _ENTRY_OVERHEAD
+            old = entries.pop(key, _MISS)
+            if old is not _MISS:
+                self.size -= _cost(spec, old)
             entries[key] = value
             self.size += cost
         while self.size > self.max_bytes and entries:
             (_, _, spec), value = entries.popitem(last=False)
-            self.size -= len(value) + len(spec) + _ENTRY_OVERHEAD
+            self.size -= _cost(spec, value)
 
     def clear(self):
         self._entries.clear()

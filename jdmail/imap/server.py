@@ -145,7 +145,7 @@ class _SearchMessage:
     """One message as jdmail.imap.search / sort see it."""
 
     __slots__ = ("seq", "uid", "flags", "size", "internaldate", "modseq", "recent", "_data",
-                 "_structure", "record")
+                 "_structure", "record", "fields")
 
     def __init__(self, seq, record, recent):
         self.seq = seq
@@ -158,6 +158,7 @@ class _SearchMessage:
         self.recent = recent
         self._data = None
         self._structure = None
+        self.fields = None      # {envelope field: search value} when known without the structure
 
     def data(self):
         return self._data if self._data is not None else b""
@@ -1765,6 +1766,11 @@ class IMAPServer(imap4.IMAP4Server):
         if not needs:
             msgs = [_SearchMessage(i + 1, record, record.uid in recent) for i, record in enumerate(records)]
             return msgs if keep is None else [m for m in msgs if keep(m)]
+        fields = getattr(program, "fields", None)
+        if needs == {"structure"} and fields:
+            fkey = SECTION_CACHE.folder_key(folder)
+            if fkey is not None:
+                return await self._field_candidates(fkey, sorted(fields), keep)
         out = []
         for k in range(0, len(records), BATCH):
             chunk = records[k:k + BATCH]
@@ -1784,6 +1790,39 @@ class IMAPServer(imap4.IMAP4Server):
                         raise
                     except (OSError, KeyError, LookupError, FolderError):
                         continue
+                if keep is None or keep(msg):
+                    out.append(msg)
+        return out
+
+    async def _field_candidates(self, fkey, names, keep):
+        """_candidates for a search that reads nothing but envelope fields: their values
+        come from the section cache; only messages it lacks get their structures."""
+        from jdmail.imap.search import field_value
+        folder = self.folder
+        recent = self._recent_uids()
+        records = folder.records
+        specs = ["field:" + name for name in names]
+        out = []
+        for k in range(0, len(records), BATCH):
+            chunk = records[k:k + BATCH]
+            known = {}
+            for record in chunk:
+                values = SECTION_CACHE.get(fkey, record.uid, specs)
+                if values is not None:
+                    known[record.uid] = {name: values["field:" + name] for name in names}
+            lacking = [r.uid for r in chunk if r.uid not in known]
+            if lacking:
+                structures = await self._structures(folder, lacking)
+                for u, structure in structures.items():
+                    values = {name: field_value(structure, name) for name in names}
+                    SECTION_CACHE.put(fkey, u, {"field:" + name: values[name] for name in names})
+                    known[u] = values
+            for j, record in enumerate(chunk):
+                values = known.get(record.uid)
+                if values is None:
+                    continue            # gone
+                msg = _SearchMessage(k + j + 1, record, record.uid in recent)
+                msg.fields = values
                 if keep is None or keep(msg):
                     out.append(msg)
         return out
