@@ -502,6 +502,27 @@ class ProtocolTests(unittest.TestCase):
         self.assertTrue(b"y\r\n..\r\nafter the dot\r\n..leading dot\r\n" in rest)
         self.assertEqual(unstuff(rest), msg)
 
+    def test_retr_gone_or_unreadable(self):
+        s, _ = self.logged_in({"k1": b"Subject: a\r\n\r\nx\r\n", "k2": b"Subject: b\r\n\r\ny\r\n",
+                               "k3": b"big\r\n" * 20000})
+        mbox = s.proto.mbox
+        real = mbox.open
+
+        def open_(key):
+            if key == "k1":
+                raise FileNotFoundError(key)
+            if key in ("k2", "k3"):
+                raise PermissionError(key)
+            return real(key)
+        mbox.open = open_
+        self.assertEqual(s.cmd("RETR 1"), b"-ERR Message no longer available\r\n")
+        self.assertEqual(s.cmd("TOP 2 0"), b"-ERR [SYS/TEMP] Cannot read the message\r\n")
+        self.assertEqual(s.cmd("RETR 3"), b"-ERR [SYS/TEMP] Cannot read the message\r\n")     # thread pool
+        failures = [e["log_failure"] for e in self.events if "log_failure" in e]
+        self.assertEqual(len(failures), 2)
+        self.assertTrue(all(f.check(PermissionError) for f in failures))
+        self.assertEqual(s.cmd("NOOP"), b"+OK\r\n")
+
     def test_retr_medium_uses_thread_pool(self):
         msg = (b".x" * 40 + b"\r\n") * 2000          # 164 KB, every line dot-stuffed
         s, _ = self.logged_in({"k1": msg})

@@ -524,33 +524,44 @@ class POP3Server(pop3.POP3):
             return self._err("no such message")
         return self._send(n, int(args[1]))
 
-    async def _send(self, n, lines):
+    def _send(self, n, lines):
+        """Answer RETR (``lines`` None) or TOP: a small message is read and answered
+        here and now (no coroutine, no Deferred); a bigger one by ``_send_later``."""
         info = self._messages[n - 1]
-        services = self.factory.services
+        if info.size > INLINE_READ:
+            return self._send_later(info, lines)
         try:
-            if lines is not None:
-                if info.size > INLINE_READ:
-                    data = await services.run_blocking(_read_top, self.mbox, info.key, lines)
-                else:
-                    data = _read_top(self.mbox, info.key, lines)
-                head = b"+OK\r\n"
-            elif info.size <= WHOLE_READ:
-                if info.size > INLINE_READ:
-                    data = await services.run_blocking(_read_all, self.mbox, info.key)
-                else:
-                    data = _read_all(self.mbox, info.key)
-                head = b"+OK %d octets\r\n" % info.size
-            else:
+            data = self._read(info, lines)
+        except OSError as e:
+            return self._read_failed(info, e)
+        self._answer(info, lines, data)
+
+    async def _send_later(self, info, lines):
+        try:
+            if lines is None and info.size > WHOLE_READ:
                 await self._stream(info)
                 return
-        except FileNotFoundError:
+            data = await self.factory.services.run_blocking(self._read, info, lines)
+        except OSError as e:
+            self._read_failed(info, e)
+            return
+        self._answer(info, lines, data)
+
+    def _read(self, info, lines):
+        if lines is None:
+            return _read_all(self.mbox, info.key)
+        return _read_top(self.mbox, info.key, lines)
+
+    def _read_failed(self, info, e):
+        if isinstance(e, FileNotFoundError):
             self._err("Message no longer available")
             return
-        except OSError:
-            self.log.failure("pop3 cannot read message {key} user={user}", key=info.key,
-                             user=self._account.name)
-            self._err("[SYS/TEMP] Cannot read the message")
-            return
+        self.log.failure("pop3 cannot read message {key} user={user}", key=info.key,
+                         user=self._account.name)
+        self._err("[SYS/TEMP] Cannot read the message")
+
+    def _answer(self, info, lines, data):
+        head = b"+OK\r\n" if lines is not None else b"+OK %d octets\r\n" % info.size
         self._write(head + dot_stuff(data) + _terminator(not data or data.endswith(b"\n")))
 
     async def _stream(self, info):
