@@ -75,7 +75,9 @@ from jdmail.store.files import (FILE_MODE, LINK_FALLBACK, SYSTEM_FLAGS, DIR_MODE
                                 info_flags, join_name, make_info, open_nofollow, order_key, read_crlf,
                                 scan_crlf_size, size_fields, split_name, unique_name)
 from jdmail.store import snapshot
-from jdmail.store.index import open_index, transaction, INDEX_NAME
+from jdmail.store.index import INDEX_NAME, close_stale, data_version as _data_version, file_id as _file_id, \
+    open_index, transaction
+from jdmail.store.lock import IndexLock
 
 __all__ = ["AccountState", "Folder", "FolderView", "MaildirAccount", "normalize_flags"]
 
@@ -325,7 +327,10 @@ class AccountState:
         self.key = key
         self.maildir = maildir
         self.lock = DeferredLock()
+        self.xlock = IndexLock(maildir)     # the other processes' side (lock.py)
         self.conn = None
+        self.index_id = None        # (st_dev, st_ino) of the index file self.conn has open
+        self.data_version = None    # PRAGMA data_version when the state last matched the index
         self.folders = {}           # IMAP name -> Folder
         self.special_done = False
         self.handles = 0            # live MaildirAccount / MaildirMailbox objects
@@ -345,8 +350,11 @@ class AccountState:
         return self.lock.locked or any(f.views for f in self.folders.values())
 
     async def call(self, work, *args, special=False):
-        """Run ``work(*args)`` (a coroutine function) holding the lock, with the index open."""
+        """Run ``work(*args)`` (a coroutine function) holding the lock (this process's and
+        the other processes', lock.py), with the index open and the in-memory state
+        brought up to date with what other processes committed."""
         async with self.lock:
+            await self._lock_index()
             try:
                 await self._open(special)
                 return await work(*args)
@@ -355,6 +363,20 @@ class AccountState:
                     raise
                 await self._damaged(e)
                 raise
+            finally:
+                self.xlock.release()
+
+    async def _lock_index(self):
+        """Take the cross-process lock: on the reactor when it is free, else wait in a
+        LockWaiters thread (lock.py). The first time, open the lock files on the pool."""
+        xlock = self.xlock
+        if not xlock.ready:
+            def open_lock():
+                self.store._ensure_maildir(self.maildir)
+                xlock.open()
+            await self.blocking(open_lock)
+        if not xlock.try_acquire():
+            await self.store.lock_waiters().wait(xlock)
 
     async def _damaged(self, error):
         """The index failed in use ("malformed", "not a database"): move it aside; the
@@ -364,13 +386,17 @@ class AccountState:
         conn, self.conn = self.conn, None
         folders, self.folders = self.folders, {}
         self.special_done = False
+        index_id, self.index_id = self.index_id, None
 
         def move_aside():
+            path = os.path.join(self.maildir, INDEX_NAME)
+            if _file_id(path) != index_id:
+                close_stale(conn, path)     # another process replaced it already
+                return
             try:
                 conn.close()
             except sqlite3.Error:
                 pass
-            path = os.path.join(self.maildir, INDEX_NAME)
             try:
                 os.replace(path, path + ".damaged")
             except FileNotFoundError:
@@ -397,11 +423,15 @@ class AccountState:
             f.views = []
 
     async def _open(self, special):
+        if self.conn is not None and self.index_id != _file_id(os.path.join(self.maildir, INDEX_NAME)):
+            await self._replaced()
         if self.conn is None:
-            conn, rows, special_done = await self.blocking(self._open_io)
+            conn, rows, special_done, self.index_id, self.data_version = await self.blocking(self._open_io)
             self.conn = conn
             self.folders = {row[1]: Folder(self, row) for row in rows}
             self.special_done = special_done
+        elif _data_version(self.conn) != self.data_version:
+            await self._reload()
         if special and not self.special_done:
             rows = await self.blocking(self._special_io)
             for row in rows:
@@ -412,11 +442,106 @@ class AccountState:
             self.special_done = True
 
     def close(self):
-        """Close the index connection (on the pool); the state must be idle."""
+        """Close the index connection and the lock files (on the pool); the state must be idle."""
         conn, self.conn = self.conn, None
         self.folders = {}
-        if conn is not None:
-            self.blocking(conn.close).addErrback(lambda f: None)
+        xlock = self.xlock
+
+        def close():
+            try:
+                if conn is not None:
+                    conn.close()
+            finally:
+                xlock.close()
+        self.blocking(close).addErrback(lambda f: None)
+
+    # --- changes committed by other processes (lock held) ---------------------------------------
+
+    async def _replaced(self):
+        """Another process moved the index aside (damaged) and made a new one: every
+        folder is gone for this process's sessions, as after our own rebuild."""
+        self.log.warn("index of {key} was replaced by another process; reopening it", key=self.key)
+        conn, self.conn = self.conn, None
+        folders, self.folders = self.folders, {}
+        self.special_done = False
+        self.index_id = None
+        await self.blocking(close_stale, conn, os.path.join(self.maildir, INDEX_NAME))
+        for f in folders.values():
+            self._gone(f)
+
+    def _reload_io(self):
+        """Read what other processes changed (one read transaction): the folder rows,
+        and for loaded folders whose HIGHESTMODSEQ moved the message rows with a newer
+        MODSEQ and the UIDs expunged since (every change of a message row gives it a new
+        MODSEQ, so nothing else can differ)."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            version = _data_version(conn)
+            rows = self._rows(conn)
+            special = conn.execute("SELECT value FROM meta WHERE key='special_created'").fetchone() is not None
+            ours = {f.id: f for f in self.folders.values()}
+            messages = {}
+            for row in rows:
+                f = ours.get(row[0])
+                if f is None or f.contents is None or row[2] != f.uidvalidity or row[4] == f.highestmodseq:
+                    continue
+                changed = conn.execute(f"SELECT {MESSAGE_COLUMNS}, lf FROM messages WHERE folder=? AND modseq>? "
+                                       "ORDER BY uid", (f.id, f.highestmodseq)).fetchall()
+                expunged = [r[0] for r in conn.execute("SELECT uid FROM expunged WHERE folder=? AND modseq>?",
+                                                       (f.id, f.highestmodseq))]
+                messages[f.id] = (changed, expunged)
+        finally:
+            conn.execute("COMMIT")
+        return version, rows, special, messages
+
+    async def _reload(self):
+        """Bring folders, their rows and loaded Contents up to date with the index after
+        another process committed; sessions see the changes at their next refresh as
+        ordinary untagged responses (the Deltas go through the journal)."""
+        version, rows, special, messages = await self.blocking(self._reload_io)
+        by_id = {row[0]: row for row in rows}
+        folders = {}
+        for f in list(self.folders.values()):
+            row = by_id.pop(f.id, None)
+            if row is None or row[2] != f.uidvalidity:
+                self._gone(f)           # deleted (or deleted and made again) elsewhere
+                continue
+            if row[1] != f.name:        # renamed elsewhere
+                f.name = row[1]
+                f.path = self.folder_path(f.name)
+                for v in f.views:
+                    v.name = f.name
+            f.special_use = row[6]
+            delta = self._reload_delta(f, row, *messages.get(f.id, ((), ())))
+            self._apply(delta)
+            if delta.added or delta.updated or delta.removed:
+                f.notify()
+            folders[f.name] = f
+        for row in by_id.values():
+            folders[row[1]] = Folder(self, row)
+        self.folders = folders
+        self.special_done = special
+        self.data_version = version
+
+    @staticmethod
+    def _reload_delta(f, row, changed, expunged):
+        meta = dict(zip(("uidnext", "highestmodseq", "first_recent"), row[3:6]))
+        meta.update(messages=row[7], bytes=row[8])
+        stamps = {"new": (row[9], bool(row[10])), "cur": (row[11], bool(row[12]))}
+        c = f.contents
+        if c is None:
+            return Delta(f, meta=meta, stamps=stamps)
+        added, updated = [], []
+        for uid, path, flags, modseq, internaldate, size, lf in changed:
+            if type(path) is bytes:
+                path = path.decode("utf-8", "surrogateescape")
+            sub, _, name = path.partition("/")
+            base, _, info = name.partition(":")
+            m = Msg(base, sub, info, bool(lf), _record(uid, _parse_flags(flags), modseq, size, internaldate))
+            (updated if uid in c.records else added).append(m)
+        removed = [uid for uid in expunged if uid in c.records]
+        return Delta(f, added, updated, removed, meta, stamps, outside=True)
 
     # --- pool-thread functions: index and folder directories ----------------------------------
 
@@ -473,7 +598,8 @@ class AccountState:
             dirs = self._folder_dirs()
             special = conn.execute("SELECT value FROM meta WHERE key='special_created'").fetchone()
             if how == "ok" and "INBOX" in existing and set(existing) - {"INBOX"} == set(dirs):
-                return conn, list(existing.values()), special is not None
+                return (conn, list(existing.values()), special is not None,
+                        _file_id(os.path.join(self.maildir, INDEX_NAME)), _data_version(conn))
             with transaction(conn):
                 existing = {row[1]: row for row in self._rows(conn)}
                 if "INBOX" not in existing:
@@ -494,7 +620,7 @@ class AccountState:
         except BaseException:
             conn.close()
             raise
-        return conn, rows, special is not None
+        return conn, rows, special is not None, _file_id(os.path.join(self.maildir, INDEX_NAME)), _data_version(conn)
 
     def _special_io(self):
         """Create Sent, Drafts, Trash, Junk and Archive with their RFC 6154 attribute and
@@ -702,12 +828,11 @@ class AccountState:
         modseq = f.highestmodseq + 1
         updated = []
         for m, sub, info in moved:
+            # a new MODSEQ even when only the path changed: other processes reload the
+            # rows whose MODSEQ passed the one they know (_reload_io)
+            changes = True
             flags = _flagset(info_flags(info) | (m.record.flags - SYSTEM_FLAGS))
-            if flags != m.record.flags:
-                changes = True
-                rec = _record(m.record.uid, flags, modseq, m.record.size, m.record.internaldate)
-            else:
-                rec = m.record
+            rec = _record(m.record.uid, flags, modseq, m.record.size, m.record.internaldate)
             updated.append(Msg(m.base, sub, info, m.lf, rec))
         if not changes:
             modseq = f.highestmodseq

@@ -46,7 +46,7 @@ import time
 
 from twisted.logger import Logger
 
-__all__ = ["INDEX_NAME", "open_index", "transaction", "IndexDamaged"]
+__all__ = ["INDEX_NAME", "open_index", "transaction", "IndexDamaged", "close_stale", "data_version", "file_id"]
 
 INDEX_NAME = "jdmail-index.sqlite"
 SCHEMA_VERSION = "1"
@@ -195,6 +195,8 @@ def open_index(maildir):
     path = os.path.join(maildir, INDEX_NAME)
     for suffix in ("", "-wal", "-shm"):
         _remove_non_regular(path + suffix)
+    if os.path.isfile(path + "-wal.hold") and not os.path.lexists(path + "-wal"):
+        os.rename(path + "-wal.hold", path + "-wal")     # close_stale was interrupted
     problem = None
     conn = None
     try:
@@ -231,3 +233,40 @@ def open_index(maildir):
     conn = _connect(path)
     _create(conn)
     return conn, "rebuilt"
+
+
+def data_version(conn):
+    """``PRAGMA data_version``: it changes when another connection (another process)
+    committed since the last time this connection read it."""
+    return conn.execute("PRAGMA data_version").fetchall()[0][0]
+
+
+def file_id(path):
+    """(st_dev, st_ino) of the index file, None when there is none: another process
+    that found it damaged moved it aside and made a new one."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def close_stale(conn, path):
+    """Close a connection to an index file that is no longer at ``path`` (replaced by
+    another process). SQLite, closing the last connection to that old file, would delete
+    ``path``-wal and -shm by name: the new index's. They are put aside meanwhile (the
+    caller holds the cross-process lock, so no process uses them)."""
+    held = []
+    for suffix in ("-wal", "-shm"):
+        try:
+            os.rename(path + suffix, path + suffix + ".hold")
+            held.append(suffix)
+        except FileNotFoundError:
+            pass
+    try:
+        conn.close()
+    except sqlite3.Error:
+        pass
+    finally:
+        for suffix in held:
+            os.replace(path + suffix + ".hold", path + suffix)

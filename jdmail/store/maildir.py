@@ -191,6 +191,14 @@ class MaildirStore:
         self._accounts = collections.OrderedDict()   # mailbox key -> AccountState
         self._idle = collections.OrderedDict()       # loaded Folder with no session -> None
         self._structure_class = None
+        self._lock_waiters = None
+
+    def lock_waiters(self):
+        """The threads that wait for mailbox locks other processes hold (lock.py)."""
+        if self._lock_waiters is None:
+            from jdmail.store.lock import LockWaiters
+            self._lock_waiters = LockWaiters(self.reactor)
+        return self._lock_waiters
 
     # --- paths -----------------------------------------------------------------------------
 
@@ -317,6 +325,7 @@ class MaildirStore:
             st.folders = {}
             if conn is not None:
                 conn.close()
+            st.xlock.close()
         self._accounts.clear()
         self._idle.clear()
 
