@@ -2,12 +2,25 @@
 
 One ``AccountState`` per mailbox key and process holds the user's SQLite index
 connection (index.py), a DeferredLock that serialises every index/disk operation of
-that user, and one ``Folder`` per folder directory. A Folder always knows its index row
+that user in this process (and the cross-process lock, see Processes), and one ``Folder`` per folder directory. A Folder always knows its index row
 (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, totals, directory mtimes); while some session has
 it selected (and for a while after, see ``MaildirStore.idle_messages``) it also holds
 its messages in memory (``Contents``: uid -> Msg, the UIDs in order, base name -> uid),
 shared by every session of the process. Each session's ``FolderView`` (the IFolder)
 has its own list of MessageRecords and reads the shared Contents only in ``refresh``.
+
+Processes: several jdmail processes may use one Maildir (one host; SQLite's WAL needs
+shared memory). ``AccountState.call`` also holds the mailbox's cross-process lock
+(lock.py), so operations of all processes on one user are serialised. When it is
+taken, ``PRAGMA data_version`` (it moves when another connection committed) and the
+index file's inode are compared with what this process last saw; if another process
+committed, ``_reload`` reads the folder rows again and, for loaded folders whose
+HIGHESTMODSEQ moved, the message rows with a newer MODSEQ and the UIDs expunged since:
+they become a Delta applied like our own, so sessions see them at their next refresh
+as ordinary untagged responses. For that, every change of a message row (a path
+changed by another program too) gets a new MODSEQ. An index another process replaced
+(found damaged) is reopened and every loaded folder is gone for its sessions. The cheap
+path (nothing changed elsewhere) costs a non-blocking flock, one PRAGMA and one stat.
 
 Threads: blocking work (directory listings, stat, rename/link/unlink, fsync, SQLite)
 runs on the jdmail thread pool while the user's lock is held; the in-memory state is

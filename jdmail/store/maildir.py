@@ -10,8 +10,9 @@ and POP3 (``mailbox()``), so UIDs, flags and expunges are the same for both.
 
 Module map: maildir.py (this: the store, delivery, POP3's IMailboxStore), folders.py
 (IMAP: IAccountStore, IFolder, the per-user state, syncing with the directories),
-index.py (the SQLite schema, opening and rebuilding it), names.py (folder names),
-files.py (Maildir file names, flags in them, fsync).
+index.py (the SQLite schema, opening and rebuilding it), lock.py (the cross-process
+lock of each index), snapshot.py (big folders' rows in one BLOB), names.py (folder
+names), files.py (Maildir file names, flags in them, fsync).
 
 Messages are stored exactly as the SMTP server received them, with CRLF line
 ends (like Dovecot with ``mail_save_crlf = yes``). So the ``,S=<size>`` in a
@@ -50,6 +51,7 @@ from jdmail.store.files import (DIR_MODE, FILE_MODE, LINK_FALLBACK, MAILDIR_FLAG
                                 open_nofollow, read_crlf, unique_name)
 from jdmail.store.folders import AccountState, Folder, MaildirAccount
 from jdmail.store.index import transaction
+from jdmail.store.lock import hold
 
 __all__ = ["MaildirStore", "MaildirMailbox", "MaildirStoreFactory", "message_key", "MAILDIR_FLAGS"]
 
@@ -347,10 +349,16 @@ class MaildirStore:
 
     def disk_usage(self, mailbox):
         """(bytes, messages) of a mailbox key over all folders, counted on disk without
-        the index: read-only and synchronous, for jdmailctl while the server runs."""
+        the index: read-only and synchronous, for jdmailctl while the server runs. It
+        holds the mailbox's lock (lock.hold) so no server moves a file while it counts."""
         top = self.maildir_path(mailbox)
         if not os.path.isdir(top):
             return 0, 0
+        with hold(top):
+            return self._count_files(top)
+
+    @staticmethod
+    def _count_files(top):
         folders = [top] + [os.path.join(top, n) for n in sorted(os.listdir(top))
                            if n.startswith(".") and os.path.isdir(os.path.join(top, n, "cur"))]
         size = count = 0
