@@ -2,11 +2,12 @@
 
 One ``AccountState`` per mailbox key and process holds the user's SQLite index
 connection (index.py), a DeferredLock that serialises every index/disk operation of
-that user in this process (and the cross-process lock, see Processes), and one ``Folder`` per folder directory. A Folder always knows its index row
-(UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, totals, directory mtimes); while some session has
-it selected (and for a while after, see ``MaildirStore.idle_messages``) it also holds
-its messages in memory (``Contents``: uid -> Msg, the UIDs in order, base name -> uid),
-shared by every session of the process. Each session's ``FolderView`` (the IFolder)
+that user in this process (and the cross-process lock, see Processes), and one
+``Folder`` per folder directory. A Folder always knows its index row (UIDVALIDITY,
+UIDNEXT, HIGHESTMODSEQ, totals, directory mtimes); while some session has it selected
+(and for a while after, see ``MaildirStore.idle_messages``) it also holds its messages
+in memory (``Contents``: uid -> Msg, the UIDs in order, base name -> uid), shared by
+every session of the process. Each session's ``FolderView`` (the IFolder)
 has its own list of MessageRecords and reads the shared Contents only in ``refresh``.
 
 Processes: several jdmail processes may use one Maildir (one host; SQLite's WAL needs
@@ -951,7 +952,10 @@ class AccountState:
         c.bytes = f.bytes
         if touched:
             f.version += 1
-            f.journal.append((f.version, touched))
+            if f.views:
+                f.journal.append((f.version, touched))
+            else:
+                f.journal = []      # nobody to catch up (an idle folder reloaded again and again)
 
     async def _sync(self, f, load=True, claim=False, exclude=None, force=False):
         """Bring one folder up to date (lock held). Returns the claimed \\Recent range."""
