@@ -8,6 +8,7 @@ structure from jdmail.mime (cached by the store), and body sections are cut
 from the message octets by jdmail.mime.
 """
 
+import functools
 import operator
 import re
 from dataclasses import dataclass
@@ -72,8 +73,10 @@ class FetchRequest:
         return not (self.needs_structure or self.needs_data)
 
 
+@functools.lru_cache(maxsize=256)
 def _section_spec(text):
-    """Validate and normalise a section spec (inside the brackets). Returns (spec, label_spec)."""
+    """Validate and normalise a section spec (inside the brackets). Returns (spec, label_spec).
+    Remembered: clients send the same few header field lists over and over."""
     if text == "":
         return "", ""
     upper = text.upper()

@@ -1450,7 +1450,7 @@ class IMAPServer(imap4.IMAP4Server):
             # BODY[]/RFC822 of a big message is streamed from its file, never read whole
             whole_only = req.needs_data and all(sec.spec == "" for sec in req.sections)
             head_req = None
-            if whole_only:
+            if whole_only and any(folder.records[i].size > STREAM_AT for i in iter_spans(spans)):
                 head_req = copy.copy(req)
                 head_req.items = [item for item in req.items if not isinstance(item, Section)]
             wanted = [i for i in iter_spans(spans)
