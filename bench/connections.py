@@ -9,7 +9,10 @@ Dovecot runs in its documented high-performance login mode (``service_count =
 0``, one long-lived imap-login per CPU, ``client_limit`` raised) and, unless
 ``--dovecot-no-hibernate``, with ``imap_hibernate_timeout = 5s``: sessions in
 IDLE leave their imap process for the shared imap-hibernate process, which is
-how Dovecot is meant to hold many idle clients.
+how Dovecot is meant to hold many idle clients. jdmail gets the same 5 s as
+``[store] index_idle_timeout`` (its default is 10 s; ``--jdmail-set`` overrides):
+a mailbox nobody has used for that long has its SQLite index closed while its
+sessions idle.
 """
 
 import asyncio
@@ -193,7 +196,10 @@ def _run(args, tmp):
         root = os.path.join(tmp, name)
         os.makedirs(root)
         if name == "jdmail":
-            targets.append(servers.Jdmail(root, max_connections=biggest + 200, settings=args.jdmail_settings))
+            settings = {"store": {"index_idle_timeout": "5s"}}       # as Dovecot's imap_hibernate_timeout
+            for section, kv in args.jdmail_settings.items():
+                settings.setdefault(section, {}).update(kv)
+            targets.append(servers.Jdmail(root, max_connections=biggest + 200, settings=settings))
         else:
             targets.append(servers.Dovecot(root, max_connections=biggest + 200, performance=True,
                                            hibernate=not args.dovecot_no_hibernate))

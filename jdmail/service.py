@@ -6,6 +6,7 @@ import json
 import os
 
 from twisted.application import service
+from twisted.application.internet import TimerService
 from twisted.internet.defer import DeferredList, ensureDeferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger, globalLogPublisher, textFileLogObserver
@@ -268,6 +269,9 @@ def make_service(config, reactor):
     services.store = _build_component(config, "store", services, errors)
     if hasattr(services.store, "save_snapshots"):
         pool_service.before_stop.append(services.store.save_snapshots)
+    if getattr(services.store, "index_idle_timeout", 0):
+        TimerService(max(0.5, services.store.index_idle_timeout / 5),
+                     services.store.sleep_idle_indexes).setServiceParent(top)
     portal = make_portal(services.directory)
     queue = runner = None
     if not errors:

@@ -147,7 +147,7 @@ class LoadTests(unittest.TestCase):
         self.assertEqual(cfg["filters"]["chain"], [])
         self.assertEqual(cfg["directory"]["type"], "sqlite")
         self.assertEqual(cfg.components["directory"][0].kind, "sqlite")
-        self.assertEqual(cfg.components["store"][1], {"path": ""})
+        self.assertEqual(cfg.components["store"][1], {"path": "", "index_idle_timeout": 10.0})
 
     def test_values_parsed(self):
         path = self.write("""\
@@ -172,7 +172,7 @@ class LoadTests(unittest.TestCase):
         self.assertEqual(cfg["smtp"]["command_timeout"], 90.0)
         self.assertIs(cfg["smtp"]["vrfy"], True)
         self.assertEqual(cfg["smtp"]["banner"], "mx.example.org jdmail ESMTP Service ready")
-        self.assertEqual(cfg.components["store"][1], {"path": "/srv/mail"})
+        self.assertEqual(cfg.components["store"][1], {"path": "/srv/mail", "index_idle_timeout": 10.0})
 
     def test_datadir_argument_wins(self):
         path = self.write("[jdmail]\ndatadir = /var/tmp/a\n")
@@ -207,7 +207,7 @@ class LoadTests(unittest.TestCase):
             f"{path}: [filters] on_error 'bounce': expected one of tempfail, continue, accept, reject",
             f"{path}: [filters] chain names 'clamav' but there is no [filter:clamav] section",
             f"{path}: [directory] type 'ldapx': no directory plugin has that name (available: ldap, mysql, sqlite)",
-            f"{path}: [store] colour is not a known key (allowed here: path, type)",
+            f"{path}: [store] colour is not a known key (allowed here: index_idle_timeout, path, type)",
             f"{path}: [smtpd] is not a known section (allowed: {', '.join(sorted(config.CORE_SCHEMA))}, filter:NAME, relay:NAME, routing)",
         ]))
         for line in errors:

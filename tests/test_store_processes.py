@@ -227,3 +227,87 @@ class CrashTests(StoreTestCase):
         uid = (await self.store.account(ALICE).append("INBOX", MESSAGE))[1]
         self.assertEqual(uid, 2)
         self.assertEqual([r.uid for r in (await view.refresh()).added], [2])
+
+
+def index_fds(maildir):
+    """How many of this process's descriptors are the index or its lock files in ``maildir``."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(os.path.join(maildir, "jdmail-index")):
+            n += 1
+    return n
+
+
+class SleepTests(StoreTestCase):
+    """AccountState.sleep / MaildirStore.sleep_idle_indexes: the index connection and lock
+    files of an unused account are closed while its sessions stay; the next call reopens
+    them and catches up with what others committed meanwhile."""
+
+    async def closed(self):
+        for _ in range(100):
+            if index_fds(os.path.realpath(self.maildir())) == 0:
+                return True
+            await deferLater(reactor, 0.02)
+        return False
+
+    async def test_an_idle_account_sleeps_and_its_session_catches_up(self):
+        await self.deliver()
+        view = await self.open()
+        self.assertGreaterEqual(index_fds(os.path.realpath(self.maildir())), 3)     # index, lock, turnstile
+        st = self.store._state(ALICE)
+        self.store.index_idle_timeout = 60
+        self.assertEqual(self.store.sleep_idle_indexes(), 0)        # used just now
+        st.last_used -= 61
+        self.assertEqual(self.store.sleep_idle_indexes(), 1)
+        self.assertTrue(st.asleep)
+        self.assertTrue(await self.closed())
+        self.assertEqual(self.store.sleep_idle_indexes(), 0)        # already asleep
+        other = self.new_store()                                    # another process meanwhile
+        other_view = await self.open(store=other)
+        await other_view.store_flags([1], ["\\Seen"], "+")
+        uid = (await other.account(ALICE).append("INBOX", MESSAGE))[1]
+        changes = await view.refresh()
+        self.assertFalse(st.asleep)
+        self.assertEqual([r.uid for r in changes.added], [uid])
+        self.assertEqual([(r.uid, set(r.flags)) for r in changes.changed], [(1, {"\\Seen"})])
+        await other_view.refresh()
+        self.assertEqual(view.highestmodseq, other_view.highestmodseq)
+        changed, _ = await view.store_flags([uid], ["\\Flagged"], "+")     # and it writes again
+        self.assertEqual([r.uid for r in (await other_view.refresh()).changed], [uid])
+
+    async def test_not_while_in_use(self):
+        view = await self.open()
+        st = self.store._state(ALICE)
+        release = Deferred()
+
+        async def hold_it():
+            await release
+        holding = Deferred.fromCoroutine(st.call(hold_it))
+        self.assertFalse(st.sleep())
+        release.callback(None)
+        await holding
+        self.assertTrue(st.sleep())
+        self.assertEqual((await view.refresh()).added, [])
+
+    async def test_index_replaced_while_asleep_ends_the_sessions(self):
+        await self.deliver()
+        view = await self.open()
+        st = self.store._state(ALICE)
+        self.assertTrue(st.sleep())
+        self.assertTrue(await self.closed())
+        other = self.new_store()
+        await self.open(store=other)
+        ost = other._state(ALICE)
+
+        async def damage():
+            await ost._damaged(sqlite3.DatabaseError("malformed (test)"))
+        await ost.call(damage)
+        fresh = await self.open(store=other)        # rebuilt with a new UIDVALIDITY
+        with self.assertRaises(FolderGone):
+            await view.refresh()
+        again = await self.open()
+        self.assertEqual((again.uidvalidity, [r.uid for r in again.records]), (fresh.uidvalidity, [1]))

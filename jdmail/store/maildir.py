@@ -173,6 +173,9 @@ def _release_handle(state):
     state.handles -= 1
 
 
+TRIM_AFTER = 32          # closed index connections after which freed memory is returned (malloc_trim)
+
+
 @implementer(IMessageStore)
 class MaildirStore:
     """Maildirs under one root; see the module docstring for the layout."""
@@ -184,8 +187,9 @@ class MaildirStore:
     # Account states (open index connections) kept for users with no session.
     idle_accounts = 200
 
-    def __init__(self, root, services, name="maildir"):
+    def __init__(self, root, services, name="maildir", index_idle_timeout=0.0):
         self.name = name
+        self.index_idle_timeout = index_idle_timeout    # see sleep_idle_indexes; 0: never
         self.root = os.path.realpath(os.path.abspath(os.path.expanduser(root)))
         self._services = services
         self.reactor = services.reactor
@@ -264,6 +268,25 @@ class MaildirStore:
             self._accounts.move_to_end(mailbox)
         return st
 
+    def sleep_idle_indexes(self):
+        """Close the index connections and lock files of accounts unused for
+        ``index_idle_timeout`` seconds (AccountState.sleep), even when sessions have a
+        folder selected: idle IMAP sessions then cost no SQLite connection. Called
+        periodically by the server (jdmail.service); returns how many were closed."""
+        if not self.index_idle_timeout:
+            return 0
+        cutoff = self.reactor.seconds() - self.index_idle_timeout
+        closers = []
+        for st in list(self._accounts.values()):
+            if st.conn is not None and st.last_used <= cutoff:
+                closer = st.sleep(close=False)
+                if closer:
+                    closers.append(closer)
+        if closers:
+            d = self._services.run_blocking(_close_all, closers)
+            d.addErrback(lambda f: self.log.failure("maildir: closing idle indexes", f))
+        return len(closers)
+
     def _evict_accounts(self):
         excess = len(self._accounts) - self.idle_accounts
         if excess <= 0:
@@ -309,7 +332,7 @@ class MaildirStore:
         for st in list(self._accounts.values()):
             big = [f for f in st.folders.values()
                    if f.contents is not None and len(f.contents.records) >= snapshot.MIN_MESSAGES]
-            if not big or st.conn is None:
+            if not big:
                 continue
 
             async def work(st=st, big=big):
@@ -466,6 +489,38 @@ class MaildirStore:
             return dest
 
 
+def _close_all(closers):
+    """Run the closers of sleeping accounts, then give the freed memory back to the
+    system: glibc keeps it for the process otherwise, and a server that closed thousands
+    of index connections would go on holding their memory."""
+    for closer in closers:
+        try:
+            closer()
+        except Exception as e:      # one bad close must not keep the others open
+            MaildirStore.log.warn("maildir: closing an index: {error}", error=e)
+    global _untrimmed
+    _untrimmed += len(closers)
+    if _untrimmed >= TRIM_AFTER:
+        _untrimmed = 0
+        _malloc_trim()
+
+
+def _malloc_trim():
+    global _trim
+    if _trim is None:
+        try:
+            import ctypes
+            _trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _trim = False
+    if _trim:
+        _trim(0)
+
+
+_trim = None
+_untrimmed = 0          # connections closed since the last trim (approximate: batches may overlap)
+
+
 def _write_snapshots(conn, folder_ids):
     from jdmail.store import snapshot
     written = 0
@@ -481,8 +536,13 @@ class MaildirStoreFactory:
     description = "Maildir folders under one directory tree (hard-linked delivery, CRLF on disk)"
     options = {
         "path": Option.str(default="", help="root of the mail tree (default: <datadir>/mail)"),
+        "index_idle_timeout": Option.duration(
+            default=10.0, help="a mailbox's index connection and lock files are closed after this long "
+                               "unused, even while IMAP sessions idle in it (reopened at their next command); "
+                               "0 keeps them open"),
     }
 
     def build(self, name, settings, services):
         root = settings.get("path") or os.path.join(services.datadir, "mail")
-        return MaildirStore(root, services, name=name)
+        return MaildirStore(root, services, name=name, index_idle_timeout=settings.get(
+            "index_idle_timeout", self.options["index_idle_timeout"].default))

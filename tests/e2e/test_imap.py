@@ -663,3 +663,53 @@ class QuotaTests(IMAPTestCase):
         lines = raw.cmd("GETQUOTAROOT INBOX")
         self.assertEqual(lines[0], '* QUOTAROOT "INBOX" ""')
         self.assertRegex(lines[1], r'^\* QUOTA "" \(STORAGE 1[23] 20\)$')
+
+
+def index_fds(pid, maildir):
+    """How many of process ``pid``'s descriptors are ``maildir``'s index or lock files."""
+    n = 0
+    prefix = os.path.join(os.path.realpath(maildir), "jdmail-index")
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+class IdleIndexTests(unittest.TestCase):
+    """[store] index_idle_timeout: an IDLE session's mailbox index is closed while it idles,
+    and new mail still reaches it at once; its next commands reopen the index."""
+
+    def test_index_closed_under_an_idle_session_which_still_gets_new_mail(self):
+        from imapclient import IMAPClient
+        from tests.e2e import wait_for
+        from tests.fixtures.server import running_server
+        server = running_server(self, overrides={"imaps": {"listen": LOOPBACK},
+                                                 "store": {"index_idle_timeout": "1s"}})
+        pid, maildir = server.proc.pid, server.maildir("bob@example.org")
+        c = IMAPClient("127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=unverified(), timeout=10)
+        self.addCleanup(IMAPTestCase._logout, c)
+        c.login("bob@example.org", "secret")
+        c.select_folder("INBOX")
+        self.assertGreaterEqual(index_fds(pid, maildir), 3)         # index, lock files
+        c.idle()
+        try:
+            self.assertTrue(wait_for(lambda: index_fds(pid, maildir) == 0, timeout=20.0), "index still open")
+            tok = unique("asleep")
+            with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as s:
+                s.sendmail("sender@remote.test", ["bob@example.org"], message(tok))
+            start = time.monotonic()
+            responses = []
+            while time.monotonic() - start < 15.0 and (1, b"EXISTS") not in responses:
+                responses += c.idle_check(timeout=1.0)
+        finally:
+            c.idle_done()
+        self.assertIn((1, b"EXISTS"), responses)
+        self.assertEqual(c.search(["SUBJECT", tok]), [1])
+        c.add_flags([1], ["\\Flagged"])
+        self.assertEqual(set(c.get_flags([1])[1]), {b"\\Flagged", b"\\Recent"})
+        self.assertTrue(wait_for(lambda: index_fds(pid, maildir) == 0, timeout=20.0), "index still open")
+        self.assertEqual(set(c.get_flags([1])[1]), {b"\\Flagged", b"\\Recent"})     # reopened for it
+        self.assertNotIn("Traceback", server.read_log())
