@@ -60,6 +60,20 @@ def parse_float(text):
     return value
 
 
+def parse_workers(text):
+    """'auto' or a whole number >= 1 (processes)."""
+    low = text.strip().lower()
+    if low == "auto":
+        return "auto"
+    try:
+        value = int(low)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{text.strip()!r}: expected auto (one per CPU) or a whole number of 1 or more")
+    return value
+
+
 def parse_list(text):
     """Comma-separated values, blanks dropped."""
     return [part.strip() for part in text.split(",") if part.strip()]
@@ -103,6 +117,10 @@ class Option:
     @classmethod
     def duration(cls, default=0.0, required=False, help=""):
         return cls("duration", parse_duration, default, required, help)
+
+    @classmethod
+    def workers(cls, default="auto", required=False, help=""):
+        return cls("auto or integer", parse_workers, default, required, help)
 
     @classmethod
     def list(cls, item=builtins.str, default=(), required=False, help=""):

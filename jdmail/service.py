@@ -68,7 +68,11 @@ class ListenersService(service.Service):
     endpoint type that only fails later (asynchronously) stops the reactor and
     the process exits 1 after shutdown.
 
-    When all are up, writes ``<datadir>/run/listening.json``
+    With ``handoff`` (a jdmail.workers.pool.WorkerPool) the TCP ports of the SMTP
+    sections are given to the worker processes once bound: this process stops accepting
+    on them.
+
+    When all are up (and the workers ready), writes ``<datadir>/run/listening.json``
     ({section: ["host:port", …]}) for tools and tests."""
 
     def __init__(self, reactor, datadir, listeners, config_path="<embedded default>", addresses=None):
@@ -76,6 +80,8 @@ class ListenersService(service.Service):
         self.addresses = addresses if addresses is not None else set()   # bound IPs, for the HELO check
         self.listeners = listeners        # [(section, description, endpoint, factory)]
         self.ports = []
+        self.handoff = None
+        self._factories = {}              # id(port) -> the factory it was listened with
         self._pending = []
         self._bound = False
 
@@ -86,8 +92,23 @@ class ListenersService(service.Service):
     def startService(self):
         super().startService()
         self._bind()            # nothing to do when privilegedStartService ran
-        gatherResults(self._pending, consumeErrors=True).addCallbacks(
+        pending = list(self._pending)
+        if self.handoff is not None:
+            pending.append(self.handoff.take(self._smtp_tcp_ports()))
+        gatherResults(pending, consumeErrors=True).addCallbacks(
             self._all_listening, lambda _failure: None)
+
+    def _smtp_tcp_ports(self):
+        """[(section, port)] of the SMTP sections that workers can adopt: plain TCP ports
+        (not TLS endpoints such as ssl:, whose wrapping the port does itself)."""
+        from twisted.internet import tcp
+        out = []
+        for section, port in self.ports:
+            if (LISTENER_SECTIONS.get(section, ("", False, ""))[2] == "smtp" and type(port) is tcp.Port
+                    and getattr(port, "_type", "TCP") == "TCP"
+                    and port.factory is self._factories.get(id(port))):
+                out.append((section, port))
+        return out
 
     @property
     def _state_file(self):
@@ -124,6 +145,7 @@ class ListenersService(service.Service):
                 self._cannot_listen(section, description, outcome[0])
                 self._abort()
             else:
+                self._factories[id(outcome[0])] = factory
                 self._listening(outcome[0], section, description)
 
     def _failed_later(self, failure, section, description):
@@ -233,6 +255,101 @@ def _endpoint(reactor, config, section, description, implicit_tls, errors):
     return None
 
 
+class Core:
+    """What the server process and its SMTP workers build alike from one config (see
+    ``build_core``): the thread pool service, Services (directory, store, queue), the
+    cred portal, local delivery, the filter chain, the quarantine, the TLS context, and
+    the queue runner (None in a worker)."""
+
+    def __init__(self, **parts):
+        self.__dict__.update(parts)
+
+
+def build_core(config, reactor, errors, worker=None):
+    """Build the parts every process needs; problems are appended to ``errors``.
+
+    ``worker``: in an SMTP worker process, its jdmail.workers.worker.WorkerSide, which
+    wraps the store, queue and delivery so that what needs the master's state (mailbox
+    indexes, the queue runner) is asked of the master; no queue runner is built."""
+    datadir = config.datadir
+    spool_dir = os.path.join(datadir, "spool", "incoming")
+    pool = BlockingPool(reactor, config["jdmail"]["threads"], name="jdmail")
+    pool_service = ThreadPoolService(pool)
+    services = Services(reactor=reactor, config=config, hostname=config.hostname, datadir=datadir,
+                        threadpool=pool, extra={"spool_dir": spool_dir})
+    services.directory = _build_component(config, "directory", services, errors)
+    services.store = _build_component(config, "store", services, errors)
+    if worker is None and hasattr(services.store, "save_snapshots"):
+        pool_service.before_stop.append(services.store.save_snapshots)
+    portal = make_portal(services.directory)
+    queue = runner = None
+    if not errors:
+        from jdmail.config import dns_servers
+        from jdmail.queue.runner import QueueRunner, make_resolver
+        from jdmail.queue.store import QueueError, QueueStore
+        try:
+            queue = QueueStore(os.path.join(datadir, "queue"), services,
+                               config["queue"]["min_backoff"], config["queue"]["max_backoff"])
+        except (QueueError, OSError) as e:
+            errors.append(ConfigError(f"cannot open the outbound queue: {_one_line(e)}",
+                                      config.path, "jdmail", "datadir"))
+        else:
+            if worker is None:
+                runner = QueueRunner(queue, services, config["queue"], config.routing,
+                                     directory=services.directory, store=services.store,
+                                     resolver=make_resolver(dns_servers(config)), spool_dir=spool_dir,
+                                     reactor=reactor)
+    if worker is not None:
+        services.store = worker.wrap_store(services.store)
+        queue = worker.wrap_queue(queue)
+    services.queue = queue
+    delivery = LocalDelivery(services.store, queue) if worker is None else worker.delivery(services.store, queue)
+
+    chain = []
+    for name in config["filters"]["chain"]:
+        section = f"filter:{name}"
+        flt = _build_component(config, section, services, errors, name=name)
+        common = config.components[section][1]
+        chain.append(ChainEntry(flt, common.get("on_error"), common.get("timeout"),
+                                common.get("quarantine") or "central"))
+    fcfg = config["filters"]
+    filters = FilterChain([] if errors else chain, reactor, fcfg["timeout"], fcfg["on_error"],
+                          config.hostname, fcfg["tag_score"], fcfg["reject_score"], fcfg["junk_tagged"])
+    quarantine = Quarantine(os.path.join(datadir, "quarantine"), services)
+
+    try:
+        context = tls.context_factory(config)
+    except ConfigError as e:
+        errors.append(e)
+        context = None
+    return Core(pool_service=pool_service, services=services, portal=portal, queue=queue, runner=runner,
+                delivery=delivery, filters=filters, quarantine=quarantine, context=context,
+                spool_dir=spool_dir)
+
+
+def smtp_factory(config, reactor, core, section, counter):
+    """The protocol factory of one SMTP listener section (smtp, submission, smtps):
+    wrapped in TLS for the implicit-TLS one."""
+    _default, implicit_tls, _proto = LISTENER_SECTIONS[section]
+    listener = Listener(section, implicit_tls, config[section]["require_auth"])
+    factory = SMTPFactory(core.services, listener, counter, core.delivery, core.filters, core.portal,
+                          core.context, reactor, core.quarantine)
+    if implicit_tls and core.context is not None:
+        factory = TLSMemoryBIOFactory(core.context, False, factory)
+    return factory
+
+
+def worker_count(config):
+    """``[smtp] workers`` as a number of processes (auto = the CPUs this process may use)."""
+    value = config["smtp"]["workers"]
+    if value == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):
+            return max(1, os.cpu_count() or 1)
+    return value
+
+
 def make_service(config, reactor):
     """Return the jdmail MultiService for ``config``. Raises ConfigErrors listing every
     problem found while building (unreadable certificate, bad endpoint string, a
@@ -260,55 +377,12 @@ def make_service(config, reactor):
             globalLogPublisher.addObserver(textFileLogObserver(log_file))
 
     top = service.MultiService()
-    pool = BlockingPool(reactor, config["jdmail"]["threads"], name="jdmail")
-    pool_service = ThreadPoolService(pool)
-    pool_service.setServiceParent(top)
-    services = Services(reactor=reactor, config=config, hostname=config.hostname, datadir=datadir,
-                        threadpool=pool, extra={"spool_dir": spool_dir})
-    services.directory = _build_component(config, "directory", services, errors)
-    services.store = _build_component(config, "store", services, errors)
-    if hasattr(services.store, "save_snapshots"):
-        pool_service.before_stop.append(services.store.save_snapshots)
+    core = build_core(config, reactor, errors)
+    core.pool_service.setServiceParent(top)
+    services, context, runner = core.services, core.context, core.runner
     if getattr(services.store, "index_idle_timeout", 0):
         TimerService(max(0.5, services.store.index_idle_timeout / 5),
                      services.store.sleep_idle_indexes).setServiceParent(top)
-    portal = make_portal(services.directory)
-    queue = runner = None
-    if not errors:
-        from jdmail.config import dns_servers
-        from jdmail.queue.runner import QueueRunner, make_resolver
-        from jdmail.queue.store import QueueError, QueueStore
-        try:
-            queue = QueueStore(os.path.join(datadir, "queue"), services,
-                               config["queue"]["min_backoff"], config["queue"]["max_backoff"])
-        except (QueueError, OSError) as e:
-            errors.append(ConfigError(f"cannot open the outbound queue: {_one_line(e)}",
-                                      config.path, "jdmail", "datadir"))
-        else:
-            runner = QueueRunner(queue, services, config["queue"], config.routing,
-                                 directory=services.directory, store=services.store,
-                                 resolver=make_resolver(dns_servers(config)), spool_dir=spool_dir,
-                                 reactor=reactor)
-    services.queue = queue
-    delivery = LocalDelivery(services.store, queue)
-
-    chain = []
-    for name in config["filters"]["chain"]:
-        section = f"filter:{name}"
-        flt = _build_component(config, section, services, errors, name=name)
-        common = config.components[section][1]
-        chain.append(ChainEntry(flt, common.get("on_error"), common.get("timeout"),
-                                common.get("quarantine") or "central"))
-    fcfg = config["filters"]
-    filters = FilterChain([] if errors else chain, reactor, fcfg["timeout"], fcfg["on_error"],
-                          config.hostname, fcfg["tag_score"], fcfg["reject_score"], fcfg["junk_tagged"])
-    quarantine = Quarantine(os.path.join(datadir, "quarantine"), services)
-
-    try:
-        context = tls.context_factory(config)
-    except ConfigError as e:
-        errors.append(e)
-        context = None
 
     smtp_counter = ConnectionCounter()
     pop3_counter = ConnectionCounter()
@@ -320,7 +394,9 @@ def make_service(config, reactor):
         descriptions = config[section]["listen"]
         if not descriptions:
             continue
-        if proto == "imap":
+        if proto == "smtp":
+            factory = smtp_factory(config, reactor, core, section, smtp_counter)
+        elif proto == "imap":
             settings = dict(config["imap"])
             settings.update(allow_plaintext=config["auth"]["allow_plaintext"],
                             fail_delay=config["auth"]["fail_delay"],
@@ -328,11 +404,7 @@ def make_service(config, reactor):
                             max_message_size=config["smtp"]["max_message_size"],
                             tls_context=context, implicit_tls=implicit_tls,
                             counter=imap_counter, user_counter=imap_users)
-            factory = IMAPFactory(services, portal, settings)
-        elif proto == "smtp":
-            listener = Listener(section, implicit_tls, config[section]["require_auth"])
-            factory = SMTPFactory(services, listener, smtp_counter, delivery, filters, portal, context, reactor,
-                                   quarantine)
+            factory = IMAPFactory(services, core.portal, settings)
         else:
             settings = dict(config["pop3"])
             settings.update(allow_plaintext=config["auth"]["allow_plaintext"],
@@ -340,8 +412,8 @@ def make_service(config, reactor):
                             max_failures=config["auth"]["max_failures"],
                             tls_context=context, implicit_tls=implicit_tls,
                             counter=pop3_counter, locks=pop3_locks)
-            factory = POP3Factory(services, portal, settings)
-        if implicit_tls and context is not None:
+            factory = POP3Factory(services, core.portal, settings)
+        if proto != "smtp" and implicit_tls and context is not None:
             factory = TLSMemoryBIOFactory(context, False, factory)
         for description in descriptions:
             endpoint = _endpoint(reactor, config, section, description, implicit_tls, errors)
@@ -351,8 +423,15 @@ def make_service(config, reactor):
         raise ConfigErrors(errors)
     if runner is not None:
         runner.setServiceParent(top)      # recover() before the listeners accept mail
-    ListenersService(reactor, datadir, listeners, config.path,
-                     services.local_addresses).setServiceParent(top)
+    listening = ListenersService(reactor, datadir, listeners, config.path, services.local_addresses)
+    count = worker_count(config)
+    if count > 1 and any(LISTENER_SECTIONS[s][2] == "smtp" for s, *_rest in listeners):
+        from jdmail.workers.pool import WorkerPool
+        pool = WorkerPool(reactor, count, config, core, smtp_counter)
+        pool.setServiceParent(top)
+        listening.handoff = pool
+        core.pool_service.before_stop.append(pool.stopped)    # workers may still ask the master
+    listening.setServiceParent(top)
     log.info("jdmail starting: hostname={hostname} datadir={datadir} directory={directory} store={store}",
              hostname=config.hostname, datadir=datadir, directory=config["directory"]["type"],
              store=config["store"]["type"])

@@ -183,6 +183,7 @@ class ESMTPServer(smtp.ESMTP):
         self._auth_failures = 0
         self._sasl = None
         self._refused = False          # a 554 greeting: only QUIT is answered
+        self._lost = False
 
     # --- connection ---------------------------------------------------------------------
 
@@ -196,7 +197,30 @@ class ESMTPServer(smtp.ESMTP):
                 self.transport.setTcpNoDelay(True)
             except Exception:
                 pass
+        self.factory.sessions.add(self)
         refusal = self.factory.open_connection(self.client_ip)
+        if isinstance(refusal, Deferred):
+            # A worker process asks the master (global limits): input waits for the answer.
+            self._busy = True
+            refusal.addErrback(self._limits_unknown).addCallback(self._admitted)
+            return
+        self._admit(refusal)
+
+    def _limits_unknown(self, failure):
+        self.log.warn("smtp cannot check the connection limits client={client}: {error}",
+                      client=self.client_ip, error=failure.getErrorMessage())
+        return "connection limits cannot be checked"
+
+    def _admitted(self, refusal):
+        self._busy = False
+        if self._lost:
+            if not refusal:
+                self.factory.close_connection(self.client_ip)
+            return
+        self._admit(refusal)
+        self._process()
+
+    def _admit(self, refusal):
         if refusal:
             self.log.info("smtp refused client={client} reason={reason}", client=self.client_ip, reason=refusal)
             self.reply(421, "4.7.0", f"{self.factory.hostname} Too many connections; try again later")
@@ -224,11 +248,24 @@ class ESMTPServer(smtp.ESMTP):
             self._refused = True
 
     def connectionLost(self, reason):
+        self._lost = True
+        self.factory.sessions.discard(self)
         self.setTimeout(None)
         self._end_transaction("connection lost")
         if self._counted:
             self._counted = False
             self.factory.close_connection(self.client_ip)
+
+    def idle(self):
+        """True between transactions with no command in progress (a stopping worker may
+        close the connection with 421)."""
+        return not self._busy and self.txn is None and self.mode != _DATA
+
+    def shut_down(self):
+        """421 and close: the server is stopping (RFC 5321 3.8)."""
+        self.reply(421, "4.3.2", f"{self.factory.hostname} Service shutting down; try again later")
+        self._buffer = b""
+        self.transport.loseConnection()
 
     def timeoutConnection(self):
         if self._busy:      # waiting for delivery, a filter or a fail delay: not the client's idleness
@@ -1051,6 +1088,7 @@ class SMTPFactory(protocol.ServerFactory):
         self.tls_context = tls_context
         self.reactor = reactor
         self.spool_dir = services.extra["spool_dir"]
+        self.sessions = set()           # open ESMTPServer connections (for a graceful stop)
 
     def buildProtocol(self, addr):
         p = ESMTPServer(self, self.listener)
@@ -1058,6 +1096,7 @@ class SMTPFactory(protocol.ServerFactory):
         return p
 
     def open_connection(self, ip):
+        """A refusal reason, None to go on, or (in a worker) a Deferred of either."""
         return self.counter.open(ip, self.settings["max_connections"], self.settings["max_connections_per_ip"])
 
     def close_connection(self, ip):

@@ -425,6 +425,13 @@ class MaildirStore:
             return
         folders = folders or {}
         await self._services.run_blocking(self._deliver_sync, mailboxes, path, folders, before)
+        self.notify_delivered(mailboxes, folders)
+
+    def notify_delivered(self, mailboxes, folders=None):
+        """Files were just linked into these mailboxes' new/ (by this process, or by an SMTP
+        worker process, jdmail.workers): this process's sessions of those folders look
+        again at once (IMAP IDLE)."""
+        folders = folders or {}
         for key in mailboxes:
             st = self._accounts.get(key)
             f = st.folders.get(folders.get(key, "INBOX")) if st is not None else None

@@ -1,0 +1,282 @@
+"""The master's side of the SMTP workers: starts ``[smtp] workers`` processes on the
+SMTP listening sockets, answers their control channels, restarts one that dies, stops
+them with the server."""
+
+import collections
+import os
+import socket
+import sys
+
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from jdmail.workers import protocol as cmds
+from jdmail.workers.protocol import QuietAMP
+from jdmail.workers.logrelay import LogRelay
+from jdmail.workers.worker import STOP_GRACE, _OneProtocol
+
+READY_TIMEOUT = 60.0       # listening.json is written after this even if a worker is not ready
+MIN_BACKOFF, MAX_BACKOFF = 0.5, 30.0
+STEADY = 30.0              # a worker that ran this long restarts without delay
+log = Logger()
+
+
+class MasterChannel(QuietAMP):
+    """The master's end of one worker's control channel."""
+
+    def __init__(self, pool, worker):
+        super().__init__()
+        self.pool, self.worker = pool, worker
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.worker.release_connections()
+
+    @cmds.Hello.responder
+    def hello(self, pid):
+        self.worker.said_hello()
+        return {"addresses": sorted(self.pool.core.services.local_addresses)}
+
+    @cmds.OpenConnection.responder
+    def open_connection(self, ip):
+        settings = self.pool.settings
+        refusal = self.pool.counter.open(ip, settings["max_connections"], settings["max_connections_per_ip"])
+        if refusal is None:
+            self.worker.counted[ip] += 1
+        return {"refusal": refusal or ""}
+
+    @cmds.CloseConnection.responder
+    def close_connection(self, ip):
+        if self.worker.counted[ip] > 0:
+            self.worker.uncount(ip)
+        return {}
+
+    @cmds.Usage.responder
+    async def usage(self, mailbox):
+        try:
+            used, messages = await self.pool.core.services.store.usage(mailbox)
+        except Exception:
+            log.failure("smtp worker quota check: usage of {mailbox} failed", mailbox=mailbox)
+            raise cmds.StoreFailed("usage failed") from None
+        return {"used": used, "messages": messages}
+
+    @cmds.JunkFolder.responder
+    async def junk_folder(self, mailbox):
+        try:
+            return {"folder": await self.pool.core.delivery.junk_folder(mailbox)}
+        except Exception:
+            log.failure("smtp worker delivery: the Junk folder of {mailbox} failed", mailbox=mailbox)
+            raise cmds.StoreFailed("junk folder failed") from None
+
+    @cmds.Delivered.responder
+    def delivered(self, mailboxes, folders):
+        notify = getattr(self.pool.core.services.store, "notify_delivered", None)
+        if notify is not None:
+            notify(mailboxes, dict(zip(mailboxes, folders)))
+        return {}
+
+    @cmds.Queued.responder
+    def queued(self):
+        runner = self.pool.core.runner
+        if runner is not None and runner.running:
+            runner.scan()
+        return {}
+
+
+class Worker(protocol.ProcessProtocol):
+    """One worker process (and its successors after a restart)."""
+
+    def __init__(self, pool, index):
+        self.pool, self.index = pool, index
+        self.name = f"smtp-worker-{index}"
+        self.process = None
+        self.pid = None
+        self.started = 0.0
+        self.backoff = 0.0
+        self.restart_call = None
+        self.ready = defer.Deferred()
+        self.counted = collections.Counter()      # ip -> connections this worker has open
+        self.relay = LogRelay(self.name)
+        self.ended = None                         # Deferred while a process runs
+
+    def spawn(self):
+        self.restart_call = None
+        pool = self.pool
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        args = [sys.executable, "-m", "jdmail.workers.worker", "--channel", "3"]
+        if pool.config_path:
+            args += ["--config", pool.config_path]
+        args += ["--datadir", pool.config.datadir]
+        fds = {0: "w", 1: "r", 2: "r", 3: theirs.fileno()}
+        for n, (section, port) in enumerate(pool.ports, start=4):
+            family = "inet6" if port.socket.family == socket.AF_INET6 else "inet"
+            fds[n] = port.fileno()
+            args += ["--listen", f"{section}:{n}:{family}"]
+        self.relay = LogRelay(self.name)
+        self.counted = collections.Counter()
+        self.ended = defer.Deferred()
+        try:
+            self.process = pool.reactor.spawnProcess(self, sys.executable, args, env=pool.env,
+                                                     path=os.getcwd(), childFDs=fds)
+        except Exception as e:
+            theirs.close()
+            ours.close()
+            log.error("smtp worker {index}: cannot start: {error}", index=self.index, error=e)
+            ended, self.ended = self.ended, None
+            ended.callback(None)
+            self._schedule_restart()
+            return
+        theirs.close()
+        self.pid = self.process.pid
+        self.started = pool.reactor.seconds()
+        self.channel = MasterChannel(pool, self)
+        pool.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, _OneProtocol(self.channel))
+        ours.close()
+
+    def connectionMade(self):
+        self.transport.closeStdin()
+
+    def said_hello(self):
+        if not self.ready.called:
+            self.ready.callback(None)
+
+    def outReceived(self, data):
+        self.relay.feed(data)
+
+    def errReceived(self, data):
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                log.warn("{worker}: {line}", worker=self.name, line=line.rstrip())
+
+    def uncount(self, ip):
+        self.counted[ip] -= 1
+        if self.counted[ip] <= 0:
+            del self.counted[ip]
+        self.pool.counter.close(ip)
+
+    def release_connections(self):
+        """The worker's channel closed: its connections are gone with it."""
+        for ip, n in list(self.counted.items()):
+            for _ in range(n):
+                self.pool.counter.close(ip)
+        self.counted.clear()
+
+    def processEnded(self, reason):
+        self.relay.flush()
+        self.release_connections()
+        pid = self.pid
+        status = reason.value
+        how = (f"signal {status.signal}" if getattr(status, "signal", None)
+               else f"exit status {getattr(status, 'exitCode', '?')}")
+        ended, self.ended, self.process = self.ended, None, None
+        if self.pool.stopping:
+            log.info("smtp worker {index} pid={pid} stopped ({how})", index=self.index, pid=pid, how=how)
+        else:
+            ran = self.pool.reactor.seconds() - self.started
+            self.backoff = 0.0 if ran >= STEADY else min(MAX_BACKOFF, max(MIN_BACKOFF, self.backoff * 2))
+            log.error("smtp worker {index} pid={pid} ended ({how}) after {ran:.1f}s; restarting in "
+                      "{delay:.1f}s", index=self.index, pid=pid, how=how, ran=ran, delay=self.backoff)
+            self._schedule_restart()
+        if ended is not None:
+            ended.callback(None)
+
+    def _schedule_restart(self):
+        if not self.pool.stopping:
+            self.restart_call = self.pool.reactor.callLater(self.backoff, self.spawn)
+
+    def stop(self):
+        """SIGTERM; SIGKILL when it has not ended after the grace time. A Deferred of its end."""
+        if self.restart_call is not None and self.restart_call.active():
+            self.restart_call.cancel()
+        self.restart_call = None
+        if self.process is None or self.ended is None:
+            return defer.succeed(None)
+        ended = self.ended
+        try:
+            self.process.signalProcess("TERM")
+        except Exception:
+            pass
+        kill = self.pool.reactor.callLater(STOP_GRACE + 5.0, self._kill)
+        d = defer.Deferred()
+
+        def done(_):
+            if kill.active():
+                kill.cancel()
+            d.callback(None)
+        ended.addCallback(done)
+        return d
+
+    def _kill(self):
+        if self.process is not None:
+            log.warn("smtp worker {index} pid={pid} did not stop; killing it", index=self.index, pid=self.pid)
+            try:
+                self.process.signalProcess("KILL")
+            except Exception:
+                pass
+
+
+class WorkerPool(service.Service):
+    """``count`` SMTP worker processes sharing the SMTP sockets (see the package
+    docstring). ``core`` is the master's jdmail.service.Core, ``counter`` its SMTP
+    ConnectionCounter (the limits stay global)."""
+
+    def __init__(self, reactor, count, config, core, counter):
+        self.reactor, self.count, self.config, self.core, self.counter = reactor, count, config, core, counter
+        self.settings = config["smtp"]
+        path = config.path
+        self.config_path = os.path.abspath(path) if path and os.path.isfile(path) else None
+        self.env = _env()
+        self.workers = []
+        self.ports = []
+        self.stopping = False
+        self._stopped = None
+
+    def take(self, ports):
+        """Stop accepting on ``ports`` ([(section, port)]) in this process and start the
+        workers on them; a Deferred firing when every worker is ready (or after
+        READY_TIMEOUT, with a warning)."""
+        if not ports or self.stopping:
+            return defer.succeed(None)
+        self.ports = list(ports)
+        for _section, port in self.ports:
+            port.stopReading()
+        self.workers = [Worker(self, i) for i in range(self.count)]
+        for w in self.workers:
+            w.spawn()
+        log.info("smtp: {n} worker processes accept on {sockets}", n=self.count,
+                 sockets=", ".join(f"[{s}] {p.getHost().host}:{p.getHost().port}" for s, p in self.ports))
+        ready = defer.DeferredList([w.ready for w in self.workers])
+        timeout = self.reactor.callLater(READY_TIMEOUT, self._not_ready, ready)
+        ready.addBoth(lambda r: timeout.active() and timeout.cancel())
+        return ready
+
+    def _not_ready(self, ready):
+        late = [w.index for w in self.workers if not w.ready.called]
+        log.warn("smtp workers {late} not ready after {t:.0f}s", late=late, t=READY_TIMEOUT)
+        for w in self.workers:
+            w.said_hello()
+
+    def stopService(self):
+        super().stopService()
+        return self.stopped()
+
+    def stopped(self):
+        """Stop every worker (once); a Deferred firing when all have ended."""
+        if self._stopped is None:
+            self.stopping = True
+            self._stopped = defer.DeferredList([w.stop() for w in self.workers])
+        d = defer.Deferred()
+        self._stopped.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+
+def _env():
+    """The workers' environment: ours, with the directory holding this jdmail first on
+    the path (twistd may have found it through its current directory)."""
+    env = dict(os.environ)
+    import jdmail
+    root = os.path.dirname(os.path.dirname(os.path.abspath(jdmail.__file__)))
+    paths = [root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env

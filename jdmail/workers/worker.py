@@ -1,0 +1,274 @@
+"""One SMTP worker process: ``python -m jdmail.workers.worker``, started by the master
+(jdmail.workers.pool), never by hand.
+
+It builds the same parts as the server (jdmail.service.build_core) from the same INI
+file, adopts the listening sockets the master bound (file descriptors it inherited)
+and accepts on them itself. What needs the master's state goes over the control
+channel (jdmail.workers.protocol): connection limits, quota usage and the Junk folder
+(the mailbox index), "delivered" (IMAP IDLE) and "queued" (the queue runner).
+Delivery itself (hard links and fsync before the 250) and queueing (the queue's
+SQLite, safe across processes) happen here. Log events go to stdout as JSON for the
+master to publish. It stops on SIGTERM or when the channel closes (the master is
+gone): it stops accepting, lets transactions in progress finish (up to
+``STOP_GRACE``), answers idle connections 421 and exits.
+"""
+
+import argparse
+import os
+import socket
+import sys
+
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from jdmail.delivery.local import LocalDelivery
+from jdmail.workers.protocol import (CloseConnection, Delivered, Hello, JunkFolder, OpenConnection, Queued, QuietAMP,
+                                     Usage)
+
+STOP_GRACE = 10.0          # seconds for transactions in progress at a stop
+log = Logger()
+
+
+class WorkerChannel(QuietAMP):
+    """The worker's end of the control channel; ``on_lost`` runs when it closes."""
+
+    def __init__(self, on_lost):
+        super().__init__()
+        self.on_lost = on_lost
+        self.lost = False
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.lost = True
+        self.on_lost()
+
+    def tell(self, command, **kwargs):
+        """Send a command that has no answer; nothing when the channel is gone."""
+        if not self.lost:
+            try:
+                self.callRemote(command, **kwargs)
+            except Exception:      # the connection closed in between
+                pass
+
+
+class RemoteCounter:
+    """The master's ConnectionCounter, seen from a worker (SMTPFactory.counter)."""
+
+    def __init__(self, channel):
+        self.channel = channel
+
+    def open(self, ip, _max_total, _max_per_ip):
+        """A Deferred of the refusal (None: admitted); the master applies its own limits."""
+        d = self.channel.callRemote(OpenConnection, ip=ip)
+        return d.addCallback(lambda answer: answer["refusal"] or None)
+
+    def close(self, ip):
+        self.channel.tell(CloseConnection, ip=ip)
+
+
+class WorkerStore:
+    """The store in a worker: delivery links the files here, then tells the master;
+    ``usage`` is the master's (it syncs the index). Nothing else of the store that
+    would open an index is available."""
+
+    def __init__(self, store, channel):
+        self._store, self._channel = store, channel
+        if hasattr(store, "usage"):
+            self.usage = self._usage
+
+    def __getattr__(self, name):
+        if name in ("account", "mailbox"):
+            raise AttributeError(f"an SMTP worker does not open mailboxes ({name})")
+        return getattr(self._store, name)
+
+    async def deliver(self, mailboxes, path, folders=None, before=None):
+        await self._store.deliver(mailboxes, path, folders=folders, before=before)
+        keys = list(dict.fromkeys(mailboxes))
+        if keys:
+            self._channel.tell(Delivered, mailboxes=keys, folders=[(folders or {}).get(k, "INBOX") for k in keys])
+
+    async def _usage(self, mailbox):
+        answer = await self._channel.callRemote(Usage, mailbox=mailbox)
+        return answer["used"], answer["messages"]
+
+
+class WorkerQueue:
+    """The outbound queue in a worker: enqueue as the master would (SQLite, across
+    processes), then nudge the master's queue runner."""
+
+    def __init__(self, queue, channel):
+        self._queue, self._channel = queue, channel
+
+    def __getattr__(self, name):
+        return getattr(self._queue, name)
+
+    async def enqueue(self, *args, **kwargs):
+        result = await self._queue.enqueue(*args, **kwargs)
+        self._channel.tell(Queued)
+        return result
+
+
+class WorkerDelivery(LocalDelivery):
+    """Local delivery whose Junk folder is found (or made) by the master."""
+
+    def __init__(self, store, queue, channel):
+        super().__init__(store, queue)
+        self._channel = channel
+
+    async def junk_folder(self, mailbox):
+        answer = await self._channel.callRemote(JunkFolder, mailbox=mailbox)
+        return answer["folder"]
+
+
+class WorkerSide:
+    """What jdmail.service.build_core needs to know it builds a worker."""
+
+    def __init__(self, channel):
+        self.channel = channel
+
+    def wrap_store(self, store):
+        return None if store is None else WorkerStore(store, self.channel)
+
+    def wrap_queue(self, queue):
+        return None if queue is None else WorkerQueue(queue, self.channel)
+
+    def delivery(self, store, queue):
+        return WorkerDelivery(store, queue, self.channel)
+
+
+class WorkerListeners(service.Service):
+    """Says Hello to the master, then accepts on the inherited sockets; at stop, stops
+    accepting and waits for the transactions in progress."""
+
+    def __init__(self, reactor, channel, services, sockets, factories, smtp_factories):
+        self.reactor, self.channel, self.services = reactor, channel, services
+        self.sockets = sockets                # [(section, fd, family)]
+        self.factories = factories            # section -> protocol factory (TLS-wrapped for smtps)
+        self.smtp_factories = smtp_factories  # the SMTPFactory objects (their sessions)
+        self.ports = []
+
+    def startService(self):
+        super().startService()
+        d = self.channel.callRemote(Hello, pid=os.getpid())
+        d.addCallbacks(self._accept, self._no_master)
+
+    def _no_master(self, failure):
+        log.error("smtp worker: the master did not answer: {error}", error=failure.getErrorMessage())
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def _accept(self, answer):
+        self.services.local_addresses.update(answer["addresses"])
+        if not self.running:
+            return
+        for section, fd, family in self.sockets:
+            self.ports.append(self.reactor.adoptStreamPort(fd, family, self.factories[section]))
+            os.close(fd)        # adoptStreamPort made its own copy
+        log.info("smtp worker pid={pid} accepting on {n} socket(s)", pid=os.getpid(), n=len(self.ports))
+
+    async def stopService(self):
+        super().stopService()
+        for port in self.ports:
+            await defer.maybeDeferred(port.stopListening)
+        self.ports = []
+        deadline = self.reactor.seconds() + STOP_GRACE
+        while True:
+            sessions = [s for f in self.smtp_factories for s in list(f.sessions)]
+            for session in sessions:
+                if session.idle() and not session.transport.disconnecting:
+                    session.shut_down()
+            if not sessions or self.reactor.seconds() >= deadline:
+                break
+            await _sleep(self.reactor, 0.05)
+        for session in [s for f in self.smtp_factories for s in list(f.sessions)]:
+            session.transport.abortConnection()
+
+
+def _sleep(reactor, seconds):
+    from twisted.internet.task import deferLater
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class _OneProtocol(protocol.Factory):
+    def __init__(self, proto):
+        self.proto = proto
+
+    def buildProtocol(self, addr):
+        return self.proto
+
+
+def make_worker_service(config, reactor, channel, sockets):
+    """The worker's MultiService: thread pool, and the SMTP listeners on ``sockets``
+    ([(section, fd, family)]) built by the same code as the server's."""
+    from jdmail.errors import ConfigErrors
+    from jdmail.service import build_core, smtp_factory
+    errors = []
+    core = build_core(config, reactor, errors, worker=WorkerSide(channel))
+    if errors:
+        raise ConfigErrors(errors)
+    counter = RemoteCounter(channel)
+    factories, smtp = {}, []
+    for section in dict.fromkeys(s for s, _fd, _family in sockets):
+        factories[section] = smtp_factory(config, reactor, core, section, counter)
+        smtp.append(getattr(factories[section], "wrappedFactory", factories[section]))
+    top = service.MultiService()
+    core.pool_service.setServiceParent(top)
+    WorkerListeners(reactor, channel, core.services, sockets, factories, smtp).setServiceParent(top)
+    return top
+
+
+def _socket_arg(text):
+    section, fd, family = text.split(":")
+    return section, int(fd), {"inet": socket.AF_INET, "inet6": socket.AF_INET6}[family]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m jdmail.workers.worker",
+                                     description="an SMTP worker process of jdmail (started by the server)")
+    parser.add_argument("--config")
+    parser.add_argument("--datadir")
+    parser.add_argument("--channel", type=int, required=True, help="the control socket's descriptor")
+    parser.add_argument("--listen", type=_socket_arg, action="append", default=[],
+                        help="SECTION:FD:inet|inet6, a listening socket to accept on")
+    args = parser.parse_args(argv)
+
+    from twisted.logger import globalLogBeginner, jsonFileLogObserver
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(out)], redirectStandardIO=True)
+
+    from twisted.internet import reactor
+
+    from jdmail import config as jconfig
+    from jdmail.errors import ConfigErrors
+    try:
+        settings = jconfig.load(args.config, datadir=args.datadir)
+    except ConfigErrors as e:
+        for line in str(e).splitlines():
+            log.critical("jdmail: {line}", line=line)
+        return 1
+
+    def lost():
+        if reactor.running:
+            reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
+
+    channel = WorkerChannel(lost)
+    reactor.adoptStreamConnection(args.channel, socket.AF_UNIX, _OneProtocol(channel))
+    os.close(args.channel)
+    try:
+        top = make_worker_service(settings, reactor, channel, args.listen)
+    except ConfigErrors as e:
+        for line in str(e).splitlines():
+            log.critical("jdmail: {line}", line=line)
+        return 1
+    top.privilegedStartService()
+    top.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
