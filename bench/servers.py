@@ -469,6 +469,15 @@ def jdmail_limits(want, listeners=("imap",)):
     return out
 
 
+def jdmail_has_key(section, key):
+    """True when this checkout's jdmail knows ``[section] key``."""
+    try:
+        from jdmail.config import CORE_SCHEMA
+    except Exception:       # noqa: BLE001 - an old or broken checkout
+        return False
+    return key in CORE_SCHEMA.get(section, {})
+
+
 def jdmail_version():
     """'<jdmail.__version__>, commit <hash> (<date>)' of the last commit touching jdmail/,
     plus a note when jdmail/ has uncommitted changes (the run measured those)."""
@@ -521,6 +530,8 @@ class Jdmail:
             sections[section] = {"listen": "tcp:0:interface=127.0.0.1" if section in self.listeners else ""}
         for section, kv in jdmail_limits(self.max_connections, self.listeners).items():
             sections.setdefault(section, {}).update(kv)
+        if "smtp" in self.listeners and jdmail_has_key("smtp", "workers"):
+            sections.setdefault("smtp", {})["workers"] = "auto"     # SMTP on every core, like Postfix
         for section, kv in self.settings.items():
             sections.setdefault(section, {}).update(kv)
         with open(self.ini, "w") as f:

@@ -76,8 +76,8 @@ CORE_SCHEMA = {
         "vrfy": Option.bool(default=False, help="answer VRFY"),
         "expn": Option.bool(default=False, help="answer EXPN"),
         "mynetworks": Option.list(default=[], help="trusted client networks (CIDR) that may relay without AUTH"),
-        "workers": Option.workers(default="auto", help="processes accepting SMTP (smtp, submission, smtps): "
-                                                       "auto = one per CPU; 1 = in the server process"),
+        "workers": Option.workers(default=1, help="processes accepting SMTP (smtp, submission, smtps): "
+                                                   "1 = in the server process; auto = one per CPU"),
     },
     "submission": _smtp_listener_schema("tcp:587", True),
     "smtps": _smtp_listener_schema("tcp:465", True),

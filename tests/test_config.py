@@ -72,6 +72,17 @@ class ParseTests(unittest.TestCase):
                 options.parse_bool(text)
             self.assertEqual(str(cm.exception), f"{text!r}: expected yes or no")
 
+    def test_workers(self):
+        self.assertEqual(options.parse_workers(" auto"), "auto")
+        self.assertEqual(options.parse_workers("AUTO"), "auto")
+        self.assertEqual(options.parse_workers("1"), 1)
+        self.assertEqual(options.parse_workers(" 4 "), 4)
+        for text in ["0", "-2", "", "two", "1.5"]:
+            with self.assertRaises(ValueError) as cm:
+                options.parse_workers(text)
+            self.assertEqual(str(cm.exception), f"{text.strip()!r}: expected auto (one per CPU) or a whole "
+                                                "number of 1 or more")
+
     def test_int(self):
         self.assertEqual(options.parse_int(" 42 "), 42)
         self.assertEqual(options.parse_int("0"), 0)

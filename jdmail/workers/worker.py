@@ -147,6 +147,7 @@ class WorkerListeners(service.Service):
         self.factories = factories            # section -> protocol factory (TLS-wrapped for smtps)
         self.smtp_factories = smtp_factories  # the SMTPFactory objects (their sessions)
         self.ports = []
+        self._drain = None
 
     def startService(self):
         super().startService()
@@ -167,8 +168,20 @@ class WorkerListeners(service.Service):
             os.close(fd)        # adoptStreamPort made its own copy
         log.info("smtp worker pid={pid} accepting on {n} socket(s)", pid=os.getpid(), n=len(self.ports))
 
-    async def stopService(self):
+    def stopService(self):
         super().stopService()
+        return self.drained()
+
+    def drained(self):
+        """Stop accepting, let transactions in progress finish (up to STOP_GRACE), close
+        the rest; a Deferred. Also run before the thread pool stops (deliveries need it)."""
+        if self._drain is None:
+            self._drain = defer.ensureDeferred(self._drain_sessions())
+        d = defer.Deferred()
+        self._drain.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    async def _drain_sessions(self):
         for port in self.ports:
             await defer.maybeDeferred(port.stopListening)
         self.ports = []
@@ -214,7 +227,9 @@ def make_worker_service(config, reactor, channel, sockets):
         smtp.append(getattr(factories[section], "wrappedFactory", factories[section]))
     top = service.MultiService()
     core.pool_service.setServiceParent(top)
-    WorkerListeners(reactor, channel, core.services, sockets, factories, smtp).setServiceParent(top)
+    listeners = WorkerListeners(reactor, channel, core.services, sockets, factories, smtp)
+    listeners.setServiceParent(top)
+    core.pool_service.before_stop.append(listeners.drained)     # deliveries in progress need the pool
     return top
 
 
