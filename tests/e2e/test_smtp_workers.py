@@ -4,6 +4,7 @@ smtp-sink as the relay. What must stay global or in the master is checked throug
 the workers: connection limits, quota, the Junk folder, IMAP IDLE, the queue runner,
 the log; and their lifecycle: a killed worker is restarted, none outlives the server."""
 
+import atexit
 import concurrent.futures
 import imaplib
 import os
@@ -17,7 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.e2e import RawSMTP, files_with, message, token, unverified_context, wait_for
 from tests.fixtures.server import JdmailServer
-from tests.fixtures.smtp_sink import running_sink
+from tests.fixtures.smtp_sink import SMTPSink
 
 BOB, FULL = "bob@example.org", "full@example.org"
 
@@ -57,7 +58,8 @@ def start(testcase, overrides, extra_ini="", users=((BOB, "secret"),)):
         server.ctl("user", "add", address, "--password", password)
     server.ctl("user", "add", FULL, "--password", "pw", "--quota-messages", "1")
     server.start()
-    testcase.addCleanup(server.stop)
+    if testcase is not None:
+        testcase.addCleanup(server.stop)
     wait_for(lambda: len(worker_pids(server)) == 2, timeout=30)
     return server
 
@@ -98,18 +100,27 @@ def worker_line(server, queue_id):
 
 
 class WorkersTests(TestCase):
-    """One server with two workers, an attachment filter that sends .exe mail to Junk, and
-    smtp-sink as the relay host (queue scan_interval 1h: only the workers' nudge makes the
-    runner look at once)."""
+    """One server (per test process) with two workers, an attachment filter that sends .exe
+    mail to Junk, and smtp-sink as the relay host (queue scan_interval 1h: only the
+    workers' nudge makes the runner look at once)."""
+
+    shared = None      # (server, sink): started by the first test, stopped when the process exits
 
     def setUp(self):
-        self.sink = running_sink(self)
-        self.server = start(self, {
-            "smtp": {"workers": "2", "mynetworks": "127.0.0.0/8"},
-            "queue": {"scan_interval": "1h"},
-            "filters": {"chain": "attachments"},
-        }, extra_ini=(f"[filter:attachments]\naction = quarantine\nquarantine = junk\n"
-                      f"[routing]\nrelayhost = [127.0.0.1]:{self.sink.port}\n"))
+        cls = type(self)
+        if cls.shared is None or cls.shared[0].proc.poll() is not None:
+            sink = SMTPSink()
+            sink.start()
+            atexit.register(sink.cleanup)
+            server = start(None, {
+                "smtp": {"workers": "2", "mynetworks": "127.0.0.0/8"},
+                "queue": {"scan_interval": "1h"},
+                "filters": {"chain": "attachments"},
+            }, extra_ini=(f"[filter:attachments]\naction = quarantine\nquarantine = junk\n"
+                          f"[routing]\nrelayhost = [127.0.0.1]:{sink.port}\n"))
+            atexit.register(server.stop)
+            cls.shared = (server, sink)
+        self.server, self.sink = cls.shared
         self.ports = self.server.ports
 
     def test_concurrent_sessions_each_message_stored_once(self):
