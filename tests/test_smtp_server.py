@@ -80,6 +80,7 @@ class FakeFactory:
         self.services = FakeServices()
         self.spool_dir = spool_dir
         self.open = 0
+        self.sessions = set()
 
     def open_connection(self, ip):
         self.open += 1
@@ -306,6 +307,61 @@ class TimeoutTests(ServerTestCase):
         self.clock.advance(self.factory.settings["data_timeout"])
         self.assertEqual(self.replies(), ["421 4.4.2 mail.test Error: timeout exceeded"])
         self.assertEqual(os.listdir(self.spool_dir), [])
+
+
+class RemoteLimitsTests(TestCase):
+    """In an SMTP worker the connection limits are the master's: open_connection gives a
+    Deferred, and the session waits for it (jdmail.workers)."""
+
+    def connect(self):
+        spool = self.mktemp()
+        os.makedirs(spool)
+        factory = FakeFactory(spool)
+        answer = Deferred()
+        calls = []
+        factory.open_connection = lambda ip: calls.append(("open", ip)) or answer
+        factory.close_connection = lambda ip: calls.append(("close", ip))
+        proto = ESMTPServer(factory, Listener("smtp", False, False))
+        proto.callLater = Clock().callLater
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
+        proto.makeConnection(transport)
+        return proto, transport, answer, calls, factory
+
+    def test_input_waits_for_the_answer(self):
+        proto, transport, answer, calls, factory = self.connect()
+        proto.dataReceived(b"EHLO early.test\r\n")         # an early talker
+        self.assertEqual(transport.value(), b"")
+        answer.callback(None)
+        lines = transport.value().decode().splitlines()
+        self.assertEqual(lines[0], "220 mail.test jdmail ESMTP Service ready")
+        self.assertEqual(lines[1], "250-mail.test Hello early.test [192.0.2.7]")
+        self.assertEqual(factory.sessions, {proto})
+        proto.connectionLost(None)
+        self.assertEqual(calls, [("open", "192.0.2.7"), ("close", "192.0.2.7")])
+        self.assertEqual(factory.sessions, set())
+
+    def test_refusal(self):
+        proto, transport, answer, calls, _factory = self.connect()
+        answer.callback("connections from 192.0.2.7 at limit 2")
+        self.assertEqual(transport.value(), b"421 4.7.0 mail.test Too many connections; try again later\r\n")
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(None)
+        self.assertEqual(calls, [("open", "192.0.2.7")])       # nothing counted, nothing to give back
+
+    def test_lost_before_the_answer(self):
+        proto, transport, answer, calls, _factory = self.connect()
+        proto.connectionLost(None)
+        answer.callback(None)                   # counted by the master: given back at once
+        self.assertEqual(calls, [("open", "192.0.2.7"), ("close", "192.0.2.7")])
+        self.assertEqual(transport.value(), b"")
+
+    def test_master_gone(self):
+        proto, transport, answer, calls, _factory = self.connect()
+        answer.errback(ConnectionError("channel closed"))
+        self.assertEqual(transport.value(), b"421 4.3.2 mail.test Service not available; try again later\r\n")
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(None)
+        self.assertEqual(calls, [("open", "192.0.2.7")])
 
 
 class IPv6Tests(TestCase):

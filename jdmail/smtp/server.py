@@ -43,6 +43,7 @@ MAX_HEADER_COPY = 256 * 1024      # header bytes kept for filters
 MAX_BAD_COMMANDS = 20             # Postfix's smtpd_hard_error_limit
 
 _COMMAND, _DATA, _AUTH = "command", "data", "auth"
+_LIMITS_UNKNOWN = "connection limits cannot be checked"   # a worker whose master does not answer
 
 # What of the client's EHLO argument may not go into our Received header as it is.
 _HEADER_UNSAFE = re.compile(r"[^\x21-\x7e]")
@@ -209,7 +210,7 @@ class ESMTPServer(smtp.ESMTP):
     def _limits_unknown(self, failure):
         self.log.warn("smtp cannot check the connection limits client={client}: {error}",
                       client=self.client_ip, error=failure.getErrorMessage())
-        return "connection limits cannot be checked"
+        return _LIMITS_UNKNOWN
 
     def _admitted(self, refusal):
         self._busy = False
@@ -223,7 +224,10 @@ class ESMTPServer(smtp.ESMTP):
     def _admit(self, refusal):
         if refusal:
             self.log.info("smtp refused client={client} reason={reason}", client=self.client_ip, reason=refusal)
-            self.reply(421, "4.7.0", f"{self.factory.hostname} Too many connections; try again later")
+            if refusal == _LIMITS_UNKNOWN:
+                self.reply(421, "4.3.2", f"{self.factory.hostname} Service not available; try again later")
+            else:
+                self.reply(421, "4.7.0", f"{self.factory.hostname} Too many connections; try again later")
             self.transport.loseConnection()
             return
         self._counted = True
