@@ -342,6 +342,7 @@ class AccountState:
         self.maildir = maildir
         self.lock = DeferredLock()
         self.xlock = IndexLock(maildir)     # the other processes' side (lock.py)
+        self.index_path = os.path.join(maildir, INDEX_NAME)
         self.conn = None
         self.index_id = None        # (st_dev, st_ino) of the index file self.conn has open
         self.data_version = None    # PRAGMA data_version when the state last matched the index
@@ -410,7 +411,7 @@ class AccountState:
 
     def _wake_io(self):
         conn, _how = open_index(self.maildir)
-        return conn, _file_id(os.path.join(self.maildir, INDEX_NAME))
+        return conn, _file_id(self.index_path)
 
     async def _wake(self):
         """Reopen the index closed by sleep(); the caller's _open then reloads what other
@@ -445,7 +446,7 @@ class AccountState:
         index_id, self.index_id = self.index_id, None
 
         def move_aside():
-            path = os.path.join(self.maildir, INDEX_NAME)
+            path = self.index_path
             if _file_id(path) != index_id:
                 close_stale(conn, path)     # another process replaced it already
                 return
@@ -481,7 +482,7 @@ class AccountState:
     async def _open(self, special):
         if self.asleep:
             await self._wake()
-        if self.conn is not None and self.index_id != _file_id(os.path.join(self.maildir, INDEX_NAME)):
+        if self.conn is not None and self.index_id != _file_id(self.index_path):
             await self._replaced()
         if self.conn is None:
             conn, rows, special_done, self.index_id, self.data_version = await self.blocking(self._open_io)
@@ -524,7 +525,7 @@ class AccountState:
         folders, self.folders = self.folders, {}
         self.special_done = False
         self.index_id = None
-        await self.blocking(close_stale, conn, os.path.join(self.maildir, INDEX_NAME))
+        await self.blocking(close_stale, conn, self.index_path)
         for f in folders.values():
             self._gone(f)
 
@@ -658,7 +659,7 @@ class AccountState:
             special = conn.execute("SELECT value FROM meta WHERE key='special_created'").fetchone()
             if how == "ok" and "INBOX" in existing and set(existing) - {"INBOX"} == set(dirs):
                 return (conn, list(existing.values()), special is not None,
-                        _file_id(os.path.join(self.maildir, INDEX_NAME)), _data_version(conn))
+                        _file_id(self.index_path), _data_version(conn))
             with transaction(conn):
                 existing = {row[1]: row for row in self._rows(conn)}
                 if "INBOX" not in existing:
@@ -679,7 +680,7 @@ class AccountState:
         except BaseException:
             conn.close()
             raise
-        return conn, rows, special is not None, _file_id(os.path.join(self.maildir, INDEX_NAME)), _data_version(conn)
+        return conn, rows, special is not None, _file_id(self.index_path), _data_version(conn)
 
     def _special_io(self):
         """Create Sent, Drafts, Trash, Junk and Archive with their RFC 6154 attribute and
