@@ -505,7 +505,9 @@ class AccountState:
         conn, self.conn = self.conn, None
         self.folders = {}
         self.asleep = False
-        xlock = self.xlock
+        # a fresh IndexLock at once: a call that comes before the pool closed the old
+        # files (an evicted state used again) must not find them half closed
+        xlock, self.xlock = self.xlock, IndexLock(self.maildir)
 
         def close():
             try:
