@@ -549,6 +549,23 @@ class MemoryTests(StoreTestCase):
         await self.store.usage(keys[2])
         self.assertEqual(list(self.store._accounts), keys[2:])
 
+    async def test_more_users_in_session_than_idle_accounts_get_one_state_each(self):
+        """Over idle_accounts with every state in use, a new user's state is still the
+        store's: a second login of that user shares it (one index connection per user)."""
+        self.store.idle_accounts = 2
+        keys = ["example.org/u%d" % i for i in range(4)]
+        views = []
+        for key in keys:
+            await self.deliver(keys=(key,))
+            view = await self.store.account(key).open_folder("INBOX", False)
+            self.addCleanup(view.close)
+            views.append(view)
+        self.assertEqual(list(self.store._accounts), keys)       # all in use: none closed
+        for key, view in zip(keys, views):
+            again = self.store.account(key)
+            self.assertIs(again._state, self.store._accounts[key])
+            self.assertIs(view._state, again._state)
+
 
 class CondstoreTests(StoreTestCase):
 

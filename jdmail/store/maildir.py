@@ -261,9 +261,13 @@ class MaildirStore:
         """The AccountState of a mailbox key (one per key and process)."""
         st = self._accounts.get(mailbox)
         if st is None:
+            # Make room first: the new state has no handle yet, and evicting it would
+            # hand the caller a state the store no longer knows (the next login of the
+            # same user would get a second one: its own index connection, never put to
+            # sleep), which is what happened with more users in session than idle_accounts.
+            self._evict_accounts(room=1)
             st = AccountState(self, mailbox, self.maildir_path(mailbox))
             self._accounts[mailbox] = st
-            self._evict_accounts()
         else:
             self._accounts.move_to_end(mailbox)
         return st
@@ -287,8 +291,8 @@ class MaildirStore:
             d.addErrback(lambda f: self.log.failure("maildir: closing idle indexes", f))
         return len(closers)
 
-    def _evict_accounts(self):
-        excess = len(self._accounts) - self.idle_accounts
+    def _evict_accounts(self, room=0):
+        excess = len(self._accounts) + room - self.idle_accounts
         if excess <= 0:
             return
         for key, st in list(self._accounts.items()):
