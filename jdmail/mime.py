@@ -376,12 +376,7 @@ class MessageStructure(Part):
         "HEADER.FIELDS.NOT (...)", "1", "1.2", "2.MIME", "2.HEADER", "3.TEXT", ...
         A section that does not exist gives b"" (as does ``section`` of a part
         HEADER/TEXT cannot apply to)."""
-        spec = spec.strip()
-        fields = None
-        paren = spec.find("(")
-        if paren >= 0:
-            fields = _field_names(spec[paren:])
-            spec = spec[:paren].strip()
+        spec, fields = _split_spec(spec)
         items = spec.split(".") if spec else []
         if "" in items:
             return b""
@@ -1366,17 +1361,22 @@ def _select_fields(data, start, end, names, keep):
     return b"".join(out)
 
 
+def _split_spec(spec):
+    """A section spec split into its part/keyword text and its field names (None
+    without a parenthesised list): "HEADER.FIELDS (FROM TO)" -> ("HEADER.FIELDS", [...])."""
+    spec = spec.strip()
+    paren = spec.find("(")
+    if paren < 0:
+        return spec, None
+    return spec[:paren].strip(), _field_names(spec[paren:])
+
+
 def header_section(data, spec):
     """``BODY[HEADER]``, ``BODY[HEADER.FIELDS (...)]`` or ``BODY[HEADER.FIELDS.NOT (...)]``
     of the message ``data`` itself (no part number), without parsing its MIME
     structure: the same octets as ``MessageStructure.parse(data).section(data, spec)``
     (the header ends where the parser ends it). Raises ValueError for other specs."""
-    spec = spec.strip()
-    fields = None
-    paren = spec.find("(")
-    if paren >= 0:
-        fields = _field_names(spec[paren:])
-        spec = spec[:paren].strip()
+    spec, fields = _split_spec(spec)
     keyword = spec.upper()
     if keyword not in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"):
         raise ValueError("not a header section: %r" % (spec,))

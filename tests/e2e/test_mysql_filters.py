@@ -117,14 +117,11 @@ def _maildir(base, label, messages):
 
 
 def _folder(server, folder):
-    base = server.maildir(BOB) if folder == "INBOX" else os.path.join(server.maildir(BOB), "." + folder)
+    """The messages (bytes) in BOB's ``folder``, new/ then cur/."""
     out = []
-    for sub in ("new", "cur"):
-        d = os.path.join(base, sub)
-        if os.path.isdir(d):
-            for name in sorted(os.listdir(d)):
-                with open(os.path.join(d, name), "rb") as f:
-                    out.append(f.read())
+    for path in server.messages(BOB, None if folder == "INBOX" else folder):
+        with open(path, "rb") as f:
+            out.append(f.read())
     return out
 
 
