@@ -17,7 +17,6 @@ sessions idle.
 
 import asyncio
 import os
-import time
 
 from bench import harness, imapload, maildata, servers
 from bench.imap import password_hash
@@ -69,42 +68,6 @@ def packages(args):
     return ["dovecot-imapd"] if "dovecot" in args.servers else []
 
 
-async def open_sessions(port, users, count, limit, concurrency=32, timeout=120):
-    """Like imapload.open_idle, but sessions still not open after ``limit`` seconds are
-    given up and the ones that did open are kept (their memory is still worth a look)."""
-    sem = asyncio.Semaphore(concurrency)
-    clients, errors = [], []
-
-    async def one(i):
-        async with sem:
-            c = None
-            try:
-                c = await imapload.Client.connect(port, timeout)
-                await asyncio.wait_for(c.login(users[i % len(users)], PASSWORD), timeout)
-                status, _ = await asyncio.wait_for(c.command(b"SELECT INBOX"), timeout)
-                if status != b"OK":
-                    raise imapload.IMAPError(f"SELECT: {status!r}")
-                if "IDLE" in c.caps:
-                    await asyncio.wait_for(c.start_idle(), timeout)
-                clients.append(c)
-                c = None
-            except Exception as e:   # noqa: BLE001
-                errors.append(repr(e))
-            finally:
-                if c is not None:
-                    c.close()
-
-    t0 = time.monotonic()
-    tasks = [asyncio.ensure_future(one(i)) for i in range(count)]
-    _done, pending = await asyncio.wait(tasks, timeout=limit)
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.gather(*pending, return_exceptions=True)
-        errors.append(f"{len(pending)} sessions not open after {limit:g}s")
-    return clients, time.monotonic() - t0, errors
-
-
 def measure(t, users, count, settle, nofile, limit=1200):
     """Restart ``t``, open ``count`` idle sessions; memory and login figures."""
     t.restart(nofile)
@@ -118,7 +81,7 @@ def measure(t, users, count, settle, nofile, limit=1200):
         await asyncio.sleep(1.0)
         base = servers.tree_memory(pid)
         meter = Meter([pid]).start()
-        clients, secs, errors = await open_sessions(t.port, users, count, limit)
+        clients, secs, errors = await imapload.open_idle(t.port, users, PASSWORD, count, limit=limit)
         meter.stop()
         await asyncio.sleep(settle)
         samples = []

@@ -237,7 +237,7 @@ class ExpiryTests(unittest.TestCase):
         self.assertTrue(logged, server.read_log()[-3000:])
         self.assertIn(f"bayes expiry: deleted {before} token(s)", server.read_log())
         self.assertEqual(token_count(server), 0)
-        self.assertEqual(len(_stored(server, "INBOX")), 1)
+        self.assertEqual(len(server.read_messages(BOB, "INBOX")), 1)
 
 
 def _trained_server(testcase, extra=""):
@@ -261,15 +261,6 @@ def _send(server, raw):
         return s.sendmail("sender@elsewhere.test", [BOB], raw)
 
 
-def _stored(server, folder):
-    """The messages (bytes) in BOB's ``folder``, new/ then cur/."""
-    out = []
-    for path in server.messages(BOB, None if folder == "INBOX" else folder):
-        with open(path, "rb") as f:
-            out.append(f.read())
-    return out
-
-
 def _header(raw, name):
     import email
     return email.message_from_bytes(raw).get(name)
@@ -284,7 +275,7 @@ class FilterTests(unittest.TestCase):
         spam, ham = message(rng, True, 900), message(rng, False, 901)
         await deferToThread(_send, server, spam)
         await deferToThread(_send, server, ham)
-        junk, inbox = _stored(server, "Junk"), _stored(server, "INBOX")
+        junk, inbox = server.read_messages(BOB, "Junk"), server.read_messages(BOB, "INBOX")
         self.assertEqual((len(junk), len(inbox)), (1, 1), server.read_log()[-3000:])
         self.assertRegex(_header(junk[0], "X-Spam-Bayes"), r"^spam; score=(0\.9\d+|1\.0000); tokens=\d+; table=global$")
         self.assertEqual(_header(junk[0], "X-Spam-Flag"), "YES")
@@ -297,7 +288,7 @@ class FilterTests(unittest.TestCase):
         server = await deferToThread(bayes_server, self, "on_spam = reject")
         rng = random.Random(33)
         await deferToThread(_send, server, message(rng, False, 902))
-        self.assertEqual(_header(_stored(server, "INBOX")[0], "X-Spam-Bayes"), "untrained")
+        self.assertEqual(_header(server.read_messages(BOB, "INBOX")[0], "X-Spam-Bayes"), "untrained")
         base = os.path.abspath(self.mktemp())
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(base, sub))
@@ -313,4 +304,4 @@ class FilterTests(unittest.TestCase):
             await deferToThread(_send, server, message(rng, True, 903))
         self.assertEqual(cm.exception.smtp_code, 550)
         self.assertIn(b"5.7.1", cm.exception.smtp_error)
-        self.assertEqual(len(_stored(server, "INBOX")), 1)
+        self.assertEqual(len(server.read_messages(BOB, "INBOX")), 1)

@@ -116,15 +116,6 @@ def _maildir(base, label, messages):
     return path
 
 
-def _folder(server, folder):
-    """The messages (bytes) in BOB's ``folder``, new/ then cur/."""
-    out = []
-    for path in server.messages(BOB, None if folder == "INBOX" else folder):
-        with open(path, "rb") as f:
-            out.append(f.read())
-    return out
-
-
 class BayesTests(OwnSchemaCase):
 
     async def test_trained_by_jdmailctl_classifies_over_smtp_and_learns_from_imap(self):
@@ -152,7 +143,7 @@ class BayesTests(OwnSchemaCase):
                 return s.sendmail("sender@elsewhere.test", [BOB], raw)
         self.assertEqual(await deferToThread(send, message(rng, True, 950)), {})
         self.assertEqual(await deferToThread(send, message(rng, False, 951)), {})
-        junk, inbox = _folder(jd, "Junk"), _folder(jd, "INBOX")
+        junk, inbox = jd.read_messages(BOB, "Junk"), jd.read_messages(BOB, "INBOX")
         self.assertEqual((len(junk), len(inbox)), (1, 1), jd.read_log()[-3000:])
         self.assertIn(b"X-Spam-Bayes: spam; score=", junk[0])
         self.assertIn(b"X-Spam-Bayes: ham; score=", inbox[0])
@@ -195,7 +186,7 @@ class BayesDatabaseDownTests(MySQLServerCase):
         self.mariadb.kill()
         self.addCleanup(lambda: self.mariadb.proc.poll() is None or self.mariadb.start())
         self.assertEqual(await deferToThread(send, message(rng, True, 960)), {})
-        inbox = _folder(jd, "INBOX")
+        inbox = jd.read_messages(BOB, "INBOX")
         self.assertEqual(len(inbox), 1)
         self.assertNotIn(b"X-Spam-Bayes", inbox[0])
         self.assertIn("on_error=continue (unavailable: ", jd.read_log())
@@ -217,7 +208,7 @@ class BayesDatabaseDownTests(MySQLServerCase):
 
         self.mariadb.start()        # not in a thread: mariadbd dies with the thread that started it
         self.assertEqual(await deferToThread(send, message(rng, False, 961)), {})
-        inbox = _folder(jd, "INBOX")
+        inbox = jd.read_messages(BOB, "INBOX")
         self.assertEqual(len(inbox), 2)
         self.assertEqual(sum(b"X-Spam-Bayes: untrained" in raw for raw in inbox), 1)
         self.assertNotIn("Traceback", jd.read_log())
