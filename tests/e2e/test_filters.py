@@ -401,13 +401,7 @@ class QuarantineReleaseTests(unittest.TestCase):
         return [d for d in self.sink.dumps() if marker.encode() in d.data]
 
     def in_inbox(self, marker, address="bob@example.org"):
-        out = []
-        for path in self.server.messages(address):
-            with open(path, "rb") as f:
-                data = f.read()
-            if marker.encode() in data:
-                out.append(data)
-        return out
+        return [data for data in self.server.read_messages(address) if marker.encode() in data]
 
     def test_release_to_a_remote_and_a_local_recipient(self):
         marker = f"quarantine-me {token()}"

@@ -70,13 +70,7 @@ class QueueTestCase(TestCase):
         return c.sendmail(user, rcpts, data, **kw)
 
     def found(self, server, address, tok):
-        out = []
-        for path in server.messages(address):
-            with open(path, "rb") as f:
-                data = f.read()
-            if tok.encode() in data:
-                out.append(data)
-        return out
+        return [data for data in server.read_messages(address) if tok.encode() in data]
 
 
 class DirectDeliveryTests(QueueTestCase):
