@@ -469,6 +469,11 @@ def jdmail_limits(want, listeners=("imap",)):
     return out
 
 
+# The workloads whose jdmail runs with [jdmail] workers = auto (--jdmail-set jdmail.workers=1
+# for the single process); the connections workload (memory of idle sessions) is not one.
+WORKER_LISTENERS = {"smtp"}
+
+
 def jdmail_has_key(section, key):
     """True when this checkout's jdmail knows ``[section] key``."""
     try:
@@ -530,8 +535,12 @@ class Jdmail:
             sections[section] = {"listen": "tcp:0:interface=127.0.0.1" if section in self.listeners else ""}
         for section, kv in jdmail_limits(self.max_connections, self.listeners).items():
             sections.setdefault(section, {}).update(kv)
-        if "smtp" in self.listeners and jdmail_has_key("smtp", "workers"):
-            sections.setdefault("smtp", {})["workers"] = "auto"     # SMTP on every core, like Postfix
+        if set(self.listeners) & WORKER_LISTENERS:
+            # on every core, as Postfix and Dovecot run a process per session
+            if jdmail_has_key("jdmail", "workers"):
+                sections["jdmail"]["workers"] = "auto"
+            elif "smtp" in self.listeners and jdmail_has_key("smtp", "workers"):    # an older checkout
+                sections.setdefault("smtp", {})["workers"] = "auto"
         for section, kv in self.settings.items():
             sections.setdefault(section, {}).update(kv)
         with open(self.ini, "w") as f:

@@ -52,6 +52,8 @@ CORE_SCHEMA = {
         "log_file": Option.str(default="", help="also write the log to this file"),
         "plugin_dirs": Option.list(default=[], help="extra directories holding jdmail/plugins/ modules"),
         "threads": Option.int(default=8, help="threads for blocking work (fsync, password hashing, SQL)"),
+        "workers": Option.workers(default=1, help="processes accepting connections (SMTP, POP3, IMAP): "
+                                                   "1 = in the server process; auto = one per CPU"),
     },
     "tls": {
         "cert": Option.str(default="", help="PEM certificate chain; empty = self-signed, generated on first start"),
@@ -76,8 +78,6 @@ CORE_SCHEMA = {
         "vrfy": Option.bool(default=False, help="answer VRFY"),
         "expn": Option.bool(default=False, help="answer EXPN"),
         "mynetworks": Option.list(default=[], help="trusted client networks (CIDR) that may relay without AUTH"),
-        "workers": Option.workers(default=1, help="processes accepting SMTP (smtp, submission, smtps): "
-                                                   "1 = in the server process; auto = one per CPU"),
     },
     "submission": _smtp_listener_schema("tcp:587", True),
     "smtps": _smtp_listener_schema("tcp:465", True),

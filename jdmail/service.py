@@ -68,9 +68,8 @@ class ListenersService(service.Service):
     endpoint type that only fails later (asynchronously) stops the reactor and
     the process exits 1 after shutdown.
 
-    With ``handoff`` (a jdmail.workers.pool.WorkerPool) the TCP ports of the SMTP
-    sections are given to the worker processes once bound: this process stops accepting
-    on them.
+    With ``handoff`` (a jdmail.workers.pool.WorkerPool) the plain TCP ports are given
+    to the worker processes once bound: this process stops accepting on them.
 
     When all are up (and the workers ready), writes ``<datadir>/run/listening.json``
     ({section: ["host:port", …]}) for tools and tests."""
@@ -94,17 +93,17 @@ class ListenersService(service.Service):
         self._bind()            # nothing to do when privilegedStartService ran
         pending = list(self._pending)
         if self.handoff is not None:
-            pending.append(self.handoff.take(self._smtp_tcp_ports()))
+            pending.append(self.handoff.take(self._tcp_ports()))
         gatherResults(pending, consumeErrors=True).addCallbacks(
             self._all_listening, lambda _failure: None)
 
-    def _smtp_tcp_ports(self):
-        """[(section, port)] of the SMTP sections that workers can adopt: plain TCP ports
-        (not TLS endpoints such as ssl:, whose wrapping the port does itself)."""
+    def _tcp_ports(self):
+        """[(section, port)] that workers can adopt: plain TCP ports of the listener
+        sections (not TLS endpoints such as ssl:, whose wrapping the port does itself)."""
         from twisted.internet import tcp
         out = []
         for section, port in self.ports:
-            if (LISTENER_SECTIONS.get(section, ("", False, ""))[2] == "smtp" and type(port) is tcp.Port
+            if (section in LISTENER_SECTIONS and type(port) is tcp.Port
                     and getattr(port, "_type", "TCP") == "TCP"
                     and port.factory is self._factories.get(id(port))):
                 out.append((section, port))
@@ -279,7 +278,7 @@ def build_core(config, reactor, errors, worker=None):
                         threadpool=pool, extra={"spool_dir": spool_dir})
     services.directory = _build_component(config, "directory", services, errors)
     services.store = _build_component(config, "store", services, errors)
-    if worker is None and hasattr(services.store, "save_snapshots"):
+    if hasattr(services.store, "save_snapshots"):
         pool_service.before_stop.append(services.store.save_snapshots)
     portal = make_portal(services.directory)
     queue = runner = None
@@ -339,9 +338,48 @@ def smtp_factory(config, reactor, core, section, counter):
     return factory
 
 
+def pop3_factory(config, core, section, counter, locks):
+    """The protocol factory of one POP3 listener section (pop3, pop3s: TLS-wrapped)."""
+    implicit_tls = LISTENER_SECTIONS[section][1]
+    settings = dict(config["pop3"])
+    settings.update(allow_plaintext=config["auth"]["allow_plaintext"],
+                    fail_delay=config["auth"]["fail_delay"],
+                    max_failures=config["auth"]["max_failures"],
+                    tls_context=core.context, implicit_tls=implicit_tls,
+                    counter=counter, locks=locks)
+    return _tls_wrapped(core, implicit_tls, POP3Factory(core.services, core.portal, settings))
+
+
+def imap_factory(config, core, section, counter, user_counter):
+    """The protocol factory of one IMAP listener section (imap, imaps: TLS-wrapped)."""
+    implicit_tls = LISTENER_SECTIONS[section][1]
+    settings = dict(config["imap"])
+    settings.update(allow_plaintext=config["auth"]["allow_plaintext"],
+                    fail_delay=config["auth"]["fail_delay"],
+                    max_failures=config["auth"]["max_failures"],
+                    max_message_size=config["smtp"]["max_message_size"],
+                    tls_context=core.context, implicit_tls=implicit_tls,
+                    counter=counter, user_counter=user_counter)
+    return _tls_wrapped(core, implicit_tls, IMAPFactory(core.services, core.portal, settings))
+
+
+def _tls_wrapped(core, implicit_tls, factory):
+    if implicit_tls and core.context is not None:
+        return TLSMemoryBIOFactory(core.context, False, factory)
+    return factory
+
+
+def idle_index_timer(store):
+    """The TimerService that closes idle mailbox indexes (``[store] index_idle_timeout``),
+    in every process that opens them; None when the store has no such timeout."""
+    if getattr(store, "index_idle_timeout", 0):
+        return TimerService(max(0.5, store.index_idle_timeout / 5), store.sleep_idle_indexes)
+    return None
+
+
 def worker_count(config):
-    """``[smtp] workers`` as a number of processes (auto = the CPUs this process may use)."""
-    value = config["smtp"]["workers"]
+    """``[jdmail] workers`` as a number of processes (auto = the CPUs this process may use)."""
+    value = config["jdmail"]["workers"]
     if value == "auto":
         try:
             return max(1, len(os.sched_getaffinity(0)))
@@ -380,9 +418,9 @@ def make_service(config, reactor):
     core = build_core(config, reactor, errors)
     core.pool_service.setServiceParent(top)
     services, context, runner = core.services, core.context, core.runner
-    if getattr(services.store, "index_idle_timeout", 0):
-        TimerService(max(0.5, services.store.index_idle_timeout / 5),
-                     services.store.sleep_idle_indexes).setServiceParent(top)
+    timer = idle_index_timer(services.store)
+    if timer is not None:
+        timer.setServiceParent(top)
 
     smtp_counter = ConnectionCounter()
     pop3_counter = ConnectionCounter()
@@ -397,24 +435,9 @@ def make_service(config, reactor):
         if proto == "smtp":
             factory = smtp_factory(config, reactor, core, section, smtp_counter)
         elif proto == "imap":
-            settings = dict(config["imap"])
-            settings.update(allow_plaintext=config["auth"]["allow_plaintext"],
-                            fail_delay=config["auth"]["fail_delay"],
-                            max_failures=config["auth"]["max_failures"],
-                            max_message_size=config["smtp"]["max_message_size"],
-                            tls_context=context, implicit_tls=implicit_tls,
-                            counter=imap_counter, user_counter=imap_users)
-            factory = IMAPFactory(services, core.portal, settings)
+            factory = imap_factory(config, core, section, imap_counter, imap_users)
         else:
-            settings = dict(config["pop3"])
-            settings.update(allow_plaintext=config["auth"]["allow_plaintext"],
-                            fail_delay=config["auth"]["fail_delay"],
-                            max_failures=config["auth"]["max_failures"],
-                            tls_context=context, implicit_tls=implicit_tls,
-                            counter=pop3_counter, locks=pop3_locks)
-            factory = POP3Factory(services, core.portal, settings)
-        if proto != "smtp" and implicit_tls and context is not None:
-            factory = TLSMemoryBIOFactory(context, False, factory)
+            factory = pop3_factory(config, core, section, pop3_counter, pop3_locks)
         for description in descriptions:
             endpoint = _endpoint(reactor, config, section, description, implicit_tls, errors)
             if endpoint is not None:
@@ -425,9 +448,13 @@ def make_service(config, reactor):
         runner.setServiceParent(top)      # recover() before the listeners accept mail
     listening = ListenersService(reactor, datadir, listeners, config.path, services.local_addresses)
     count = worker_count(config)
-    if count > 1 and any(LISTENER_SECTIONS[s][2] == "smtp" for s, *_rest in listeners):
+    if count > 1 and listeners:
         from jdmail.workers.pool import WorkerPool
-        pool = WorkerPool(reactor, count, config, core, smtp_counter)
+        limits = {"smtp": (smtp_counter, config["smtp"]["max_connections"], config["smtp"]["max_connections_per_ip"]),
+                  "pop3": (pop3_counter, config["pop3"]["max_connections"], config["pop3"]["max_connections_per_ip"]),
+                  "imap": (imap_counter, config["imap"]["max_connections"], config["imap"]["max_connections_per_ip"]),
+                  "imap-user": (imap_users, 0, config["imap"]["max_connections_per_user"])}
+        pool = WorkerPool(reactor, count, config, core, limits)
         pool.setServiceParent(top)
         listening.handoff = pool
         core.pool_service.before_stop.append(pool.stopped)    # workers may still ask the master

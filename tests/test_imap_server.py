@@ -11,7 +11,7 @@ from jdmail.imap import server as imap_server
 from jdmail.imap.listing import compile_pattern
 from jdmail.imap.responses import parse_date_time
 from jdmail.mime import MessageStructure
-from tests.imap_fakes import Session, make_factory
+from tests.imap_fakes import USERS, Session, make_factory
 
 M1 = (b"From: Alice <alice@example.org>\r\nTo: bob@example.org\r\nSubject: first\r\n"
       b"Date: Mon, 1 Jan 2024 10:00:00 +0000\r\nMessage-ID: <1@x>\r\n\r\nHello world\r\n")
@@ -244,6 +244,89 @@ class LimitTests(Base):
         self.assertEqual(self.factory.services.store.accounts.keys(), {"bob@example.org"})
         other = self.session(login=False, ip="10.0.0.3")
         other.login("alice@example.org")
+
+
+class _Remote:
+    """A worker's counter (jdmail.workers.worker.RemoteCounter): every open is a Deferred
+    the test answers."""
+
+    remote = True
+
+    def __init__(self):
+        self.answers, self.calls = [], []
+
+    def open(self, key, _total, _per_key):
+        from twisted.internet.defer import Deferred
+        self.calls.append(("open", key))
+        self.answers.append(Deferred())
+        return self.answers[-1]
+
+    def close(self, key):
+        self.calls.append(("close", key))
+
+
+class RemoteLimitTests(Base):
+    """In a worker process the limits are counted by the master: admission and the
+    per-user count wait for its answer."""
+
+    def setUp(self):
+        self.counter, self.users = _Remote(), _Remote()
+        self.factory = make_factory(counter=self.counter, user_counter=self.users)
+        self.reactor = self.factory.reactor
+
+    def test_greeting_waits_and_early_input_is_kept(self):
+        s = Session(self.factory)
+        self.addCleanup(s.close)
+        self.assertEqual(s.greeting, "")
+        s.proto.dataReceived(b"a NOOP\r\n")
+        self.assertEqual(s.take(), "")
+        self.counter.answers[0].callback(None)
+        lines = s.take().split("\r\n")
+        self.assertTrue(lines[0].startswith("* OK [CAPABILITY IMAP4rev1"), lines)
+        self.assertEqual(lines[1], "a OK Noop completed")
+        self.assertEqual(self.factory.sessions, {s.proto})
+        s.close()
+        self.assertEqual(self.counter.calls, [("open", "10.0.0.1"), ("close", "10.0.0.1")])
+        self.assertEqual(self.factory.sessions, set())
+
+    def test_refused_unknown_and_lost(self):
+        refused = Session(self.factory)
+        self.counter.answers[0].callback("connections from 10.0.0.1 at limit 2")
+        self.assertEqual(refused.take(), "* BYE [UNAVAILABLE] Too many connections, try again later\r\n")
+        unknown = Session(self.factory)
+        self.counter.answers[1].errback(ConnectionError("channel closed"))
+        self.assertEqual(unknown.take(), "* BYE [UNAVAILABLE] Service not available, try again later\r\n")
+        self.assertTrue(unknown.transport.disconnecting)
+        self.flushLoggedErrors(ConnectionError)
+        lost = Session(self.factory)
+        lost.close()
+        self.counter.answers[2].callback(None)       # counted by the master: given back at once
+        self.assertEqual(self.counter.calls[-2:], [("open", "10.0.0.1"), ("close", "10.0.0.1")])
+
+    def test_user_count_asked_of_the_master(self):
+        s = Session(self.factory)
+        self.addCleanup(s.close)
+        self.counter.answers[0].callback(None)
+        s.take()
+        self.assertEqual(s.send("a LOGIN bob@example.org " + USERS["bob@example.org"] + "\r\n"), "")
+        self.users.answers[0].callback("connections from bob@example.org at limit 1")
+        self.assertEqual(s.take(), "a NO [LIMIT] Too many connections for this user\r\n")
+        self.assertEqual(s.send("b LOGIN bob@example.org " + USERS["bob@example.org"] + "\r\n"), "")
+        self.users.answers[1].callback(None)
+        self.assertTrue(s.take().startswith("b OK"))
+        s.close()
+        self.assertEqual(self.users.calls, [("open", "bob@example.org"), ("open", "bob@example.org"),
+                                            ("close", "bob@example.org")])
+
+    def test_shut_down(self):
+        s = Session(self.factory)
+        self.counter.answers[0].callback(None)
+        s.take()
+        self.assertTrue(s.proto.idle())
+        s.proto.shut_down()
+        self.assertEqual(s.take(), "* BYE Server shutting down, try again later\r\n")
+        self.assertTrue(s.transport.disconnecting)
+        s.close()
 
 
 class FramingTests(Base):

@@ -403,6 +403,79 @@ class ProtocolTests(unittest.TestCase):
         self.assertEqual(third.take(), b"-ERR [SYS/TEMP] Too many connections\r\n")
         self.assertEqual(self.events[-1]["reason"], "connections from 10.0.0.1 at limit 2")
 
+    def test_store_lock_held_elsewhere(self):
+        """A store with lock_session (the Maildir's flock): held by another process, the
+        login is refused [IN-USE] and this process's lock is given back; got, it is
+        released when the session ends."""
+        self.mailbox({})
+        held, released = [True], []
+        self.store.lock_session = lambda key: defer.succeed(
+            None if held[0] else (lambda: released.append(key)))
+        factory = self.factory()
+        s = self.session(factory)
+        self.assertEqual(self.login(s), b"-ERR [IN-USE] Mailbox is locked by another session\r\n")
+        self.assertEqual(factory.locks, set())
+        held[0] = False
+        self.assertEqual(self.login(s), b"+OK Logged in, 0 messages\r\n")
+        self.assertEqual(released, [])
+        self.assertEqual(s.cmd("QUIT"), b"+OK Logging out\r\n")
+        self.assertEqual(released, ["example.org/alice"])
+
+    def test_store_lock_failure(self):
+        self.mailbox({})
+        self.store.lock_session = lambda key: defer.fail(PermissionError("lock file"))
+        factory = self.factory()
+        s = self.session(factory)
+        self.assertEqual(self.login(s), b"-ERR [SYS/TEMP] Cannot open the mailbox, try again later\r\n")
+        self.assertEqual(factory.locks, set())
+        self.flushLoggedErrors(PermissionError)
+
+    def test_remote_limits(self):
+        """In a worker the connection limits are the master's: admit gives a Deferred and
+        input waits for it; a refusal, a lost connection and a master that does not answer."""
+        answers, calls = [], []
+
+        class Remote:
+            def open(self, ip, _total, _per_ip):
+                calls.append(("open", ip))
+                answers.append(defer.Deferred())
+                return answers[-1]
+
+            def close(self, ip):
+                calls.append(("close", ip))
+        factory = self.factory(counter=Remote())
+        s = Session(factory)
+        s.proto.dataReceived(b"CAPA\r\n")             # an early talker
+        self.assertEqual(s.take(), b"")
+        answers[0].callback(None)
+        self.assertTrue(s.take().startswith(b"+OK jdmail test ready\r\n+OK Capability list follows\r\n"))
+        s.lose()
+        self.assertEqual(calls, [("open", "10.0.0.1"), ("close", "10.0.0.1")])
+        refused = Session(factory)
+        answers[1].callback("connections from 10.0.0.1 at limit 2")
+        self.assertEqual(refused.take(), b"-ERR [SYS/TEMP] Too many connections\r\n")
+        lost = Session(factory)
+        lost.lose()
+        answers[2].callback(None)                    # counted by the master: given back at once
+        self.assertEqual(calls[-2:], [("open", "10.0.0.1"), ("close", "10.0.0.1")])
+        unknown = Session(factory)
+        answers[3].errback(ConnectionError("channel closed"))
+        self.assertEqual(unknown.take(), b"-ERR [SYS/TEMP] Service not available, try again later\r\n")
+        self.assertTrue(unknown.transport.disconnecting)
+
+    def test_shut_down(self):
+        self.mailbox({})
+        factory = self.factory()
+        s = self.session(factory)
+        self.assertEqual(self.login(s), b"+OK Logged in, 0 messages\r\n")
+        self.assertEqual(factory.sessions, {s.proto})
+        self.assertTrue(s.proto.idle())
+        s.proto.shut_down()
+        self.assertEqual(s.take(), b"-ERR [SYS/TEMP] Server shutting down, try again later\r\n")
+        self.assertTrue(s.transport.disconnecting)
+        s.lose()
+        self.assertEqual((factory.sessions, factory.locks), (set(), set()))
+
     def test_default_locks_are_process_wide(self):
         self.mailbox({})
         one = POP3Factory(self.services, self.portal, {"allow_plaintext": True})

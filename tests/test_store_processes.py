@@ -204,6 +204,50 @@ class TwoProcessTests(StoreTestCase):
         self.assertTrue(os.path.exists(os.path.join(self.maildir(), INDEX_NAME + "-wal")))
 
 
+class NoticeTests(StoreTestCase):
+    """What jdmail.workers passes between processes: a commit is reported (on_commit),
+    and the other process's listening sessions are woken (changed_elsewhere); POP3's
+    session lock excludes every other holder of the Maildir."""
+
+    def setUp(self):
+        super().setUp()
+        self.other = self.new_store()
+
+    async def test_commits_reported_and_listeners_woken_elsewhere(self):
+        await self.deliver()
+        reported = []
+        self.store.on_commit = reported.append
+        view_a = await self.open()
+        self.assertEqual(reported, [ALICE])         # the sync gave the delivered file a UID
+        view_b = await self.open(store=self.other)
+        reported.clear()
+        await view_a.refresh()
+        self.assertEqual(reported, [])               # nothing committed, nothing said
+        woken = Deferred()
+        view_b.listen(lambda: woken.called or woken.callback(None))
+        self.other.changed_elsewhere(ALICE)          # nothing changed yet: no wake-up
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertFalse(woken.called)
+        await view_a.store_flags([1], ["\\Flagged"], "+")
+        self.assertEqual(reported, [ALICE])
+        self.other.changed_elsewhere(ALICE)
+        await wait(woken)
+        changes = await view_b.refresh()
+        self.assertEqual([(r.uid, "\\Flagged" in r.flags) for r in changes.changed], [(1, True)])
+        self.other.changed_elsewhere("example.org/nobody")      # no state for it: nothing to do
+
+    async def test_session_lock(self):
+        release = await self.store.lock_session(ALICE)
+        self.assertTrue(callable(release))
+        self.assertIsNone(await self.other.lock_session(ALICE))
+        self.assertIsNone(await self.store.lock_session(ALICE))     # one session in this process too
+        release()
+        release()                                                   # idempotent
+        again = await self.other.lock_session(ALICE)
+        self.assertTrue(callable(again))
+        again()
+
+
 class CrashTests(StoreTestCase):
 
     async def test_killed_in_a_transaction_leaves_the_index_usable(self):

@@ -22,7 +22,7 @@ class LogRelayTests(unittest.TestCase):
 
     def setUp(self):
         self.events = []
-        self.relay = LogRelay("smtp-worker-1", self.events.append)
+        self.relay = LogRelay("worker-1", self.events.append)
 
     def test_records_in_small_chunks(self):
         data = worker_output(
@@ -33,7 +33,7 @@ class LogRelayTests(unittest.TestCase):
         self.assertEqual([formatEvent(e) for e in self.events],
                          ["smtp transaction id=ABC result=accepted", "second 2"])
         self.assertEqual([e["log_level"] for e in self.events], [LogLevel.info, LogLevel.warn])
-        self.assertEqual({e["log_system"] for e in self.events}, {"smtp-worker-1"})
+        self.assertEqual({e["log_system"] for e in self.events}, {"worker-1"})
         self.assertEqual({e["log_namespace"] for e in self.events}, {"jdmail.smtp.server"})
 
     def test_failure_keeps_its_traceback(self):
@@ -53,4 +53,4 @@ class LogRelayTests(unittest.TestCase):
         self.relay.flush()
         self.assertEqual([formatEvent(e) for e in self.events], ["stray output", "more"])
         self.assertEqual(self.events[0]["log_level"], LogLevel.warn)
-        self.assertEqual(self.events[0]["log_system"], "smtp-worker-1")
+        self.assertEqual(self.events[0]["log_system"], "worker-1")

@@ -84,6 +84,7 @@ INLINE_READ = 64 * 1024             # smaller messages are read in the reactor t
 STREAM_AT = 1024 * 1024             # BODY[] of bigger messages is streamed from the file
 STREAM_CHUNK = 256 * 1024
 BATCH = 500                         # messages whose MIME structures are asked for at once
+LIMITS_UNKNOWN = "the master process did not answer"    # a worker could not check the limits
 IDLE_KEEPALIVE = 120.0              # "* OK Still here" while idling
 IDLE_POLL = 30.0                    # re-check the folder while idling, besides its notifications
 
@@ -222,11 +223,37 @@ class IMAPServer(imap4.IMAP4Server):
     def connectionMade(self):
         self.client = peer_host(self.transport)
         set_nodelay(self.transport)
+        self.factory.sessions.add(self)
         refused = self.factory.admit(self.client)
+        if isinstance(refused, defer.Deferred):
+            # A worker process asks the master (global limits): input waits for the answer.
+            self._busy = True
+            refused.addErrback(self._limits_unknown).addCallback(self._admitted_later)
+            return
+        self._admit(refused)
+
+    def _limits_unknown(self, failure):
+        self.log.warn("imap cannot check the connection limits client={client}: {error}",
+                      client=self.client, error=failure.getErrorMessage())
+        return LIMITS_UNKNOWN
+
+    def _admitted_later(self, refused):
+        self._busy = False
+        if self._gone:
+            if not refused:
+                self.factory.release(self.client)
+            return
+        self._admit(refused)
+        self._pump()
+
+    def _admit(self, refused):
         if refused:
             self.log.info("imap connection refused client={client} reason={reason}",
                           client=self.client, reason=refused)
-            self.transport.write(b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n")
+            if refused == LIMITS_UNKNOWN:
+                self.transport.write(b"* BYE [UNAVAILABLE] Service not available, try again later\r\n")
+            else:
+                self.transport.write(b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n")
             self._closing = True
             self.transport.loseConnection()
             return
@@ -236,8 +263,21 @@ class IMAPServer(imap4.IMAP4Server):
         self.transport.write(b"* OK [CAPABILITY " + self.capability_line() + b"] "
                              + self.factory.banner.encode("utf-8") + b"\r\n")
 
+    def idle(self):
+        """No command is running (an IDLE command counts as idle): at a worker's stop
+        the session may be ended at once."""
+        return not self._busy or self._idling
+
+    def shut_down(self):
+        """The server stops: ``* BYE`` and close (RFC 3501 7.1.5)."""
+        if not self._gone and not self._closing:
+            self._write_now(b"* BYE Server shutting down, try again later\r\n")
+            self._closing = True
+            self.transport.loseConnection()
+
     def connectionLost(self, reason=protocol.connectionDone):
         self._gone = True
+        self.factory.sessions.discard(self)
         self.setTimeout(None)
         if self._delay is not None and not self._delay.called:
             self._delay.cancel()
@@ -831,6 +871,19 @@ class IMAPServer(imap4.IMAP4Server):
             self._log_login(account.name, mech, "failed: imap disabled for the account")
             raise No("IMAP access is disabled for this account", "AUTHORIZATIONFAILED")
         refused = factory.admit_user(account.name)
+        if isinstance(refused, defer.Deferred):
+            try:
+                refused = await refused
+            except Exception as e:
+                self.log.warn("imap cannot check the sessions of user={user}: {error}", user=account.name, error=e)
+                logout()
+                self._log_login(account.name, mech, "failed: session limit unknown")
+                raise No("Service temporarily unavailable, try again later", "UNAVAILABLE") from None
+            if self._gone:
+                if not refused:
+                    factory.release_user(account.name)
+                logout()
+                raise defer.CancelledError()
         if refused:
             logout()
             self._log_login(account.name, mech, "failed: " + refused)
@@ -1990,6 +2043,7 @@ class IMAPFactory(protocol.ServerFactory):
         self.counter = counter if counter is not None else ConnectionCounter()
         user_counter = get("user_counter")
         self.user_counter = user_counter if user_counter is not None else ConnectionCounter()
+        self.sessions = set()
 
     def buildProtocol(self, addr):
         return self.protocol(self)
@@ -2001,6 +2055,10 @@ class IMAPFactory(protocol.ServerFactory):
         self.counter.close(ip)
 
     def admit_user(self, name):
+        """Count a logged-in session of ``name``; why not when over the limit, or a Deferred
+        of that in a worker process (the master counts)."""
+        if getattr(self.user_counter, "remote", False):
+            return self.user_counter.open(name, 0, self.max_connections_per_user)
         if self.max_connections_per_user and self.user_counter.per_ip[name] >= self.max_connections_per_user:
             return f"connections of {name} at limit {self.max_connections_per_user}"
         self.user_counter.total += 1

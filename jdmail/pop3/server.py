@@ -110,6 +110,7 @@ class POP3Server(pop3.POP3):
         self._account = None
         self._logout = None
         self._lock_key = None
+        self._release = None        # the store's session lock (lock_session)
         self.mbox = None
         self._messages = []
         self._deleted = set()
@@ -124,11 +125,37 @@ class POP3Server(pop3.POP3):
         self.client = peer_host(self.transport)
         set_nodelay(self.transport)
         self.portal = self.factory.portal
+        self.factory.sessions.add(self)
         refused = self.factory.admit(self.client)
+        if isinstance(refused, defer.Deferred):
+            # A worker process asks the master (global limits): input waits for the answer.
+            self._busy = True
+            refused.addErrback(self._limits_unknown).addCallback(self._admitted_later)
+            return
+        self._admit(refused)
+
+    def _limits_unknown(self, failure):
+        self.log.warn("pop3 cannot check the connection limits client={client}: {error}",
+                      client=self.client, error=failure.getErrorMessage())
+        return LIMITS_UNKNOWN
+
+    def _admitted_later(self, refused):
+        self._busy = False
+        if self._gone:
+            if not refused:
+                self.factory.release(self.client)
+            return
+        self._admit(refused)
+        self._process()
+
+    def _admit(self, refused):
         if refused:
             self.log.info("pop3 connection refused client={client} reason={reason}",
                           client=self.client, reason=refused)
-            self._write(b"-ERR [SYS/TEMP] Too many connections\r\n")
+            if refused == LIMITS_UNKNOWN:
+                self._write(b"-ERR [SYS/TEMP] Service not available, try again later\r\n")
+            else:
+                self._write(b"-ERR [SYS/TEMP] Too many connections\r\n")
             self._close()
             return
         self._admitted = True
@@ -137,8 +164,19 @@ class POP3Server(pop3.POP3):
             self.setTimeout(self.factory.timeout)
         self._write(b"+OK " + self.factory.banner.encode("utf-8") + b"\r\n")
 
+    def idle(self):
+        """No command is being answered: at a worker's stop the session may end at once."""
+        return not self._busy
+
+    def shut_down(self):
+        """The server stops: -ERR and close (no UPDATE state: nothing is deleted)."""
+        if not self._gone and self.state != "CLOSED":
+            self._err("[SYS/TEMP] Server shutting down, try again later")
+            self._close()
+
     def connectionLost(self, reason=protocol.connectionDone):
         self._gone = True
+        self.factory.sessions.discard(self)
         self.setTimeout(None)
         if self._delay is not None and not self._delay.called:
             self._delay.cancel()
@@ -170,6 +208,9 @@ class POP3Server(pop3.POP3):
 
     def _end_session(self):
         """Release the mailbox lock and log out (idempotent)."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
         if self._lock_key is not None:
             self.factory.unlock(self._lock_key)
             self._lock_key = None
@@ -414,6 +455,26 @@ class POP3Server(pop3.POP3):
             self._err("[IN-USE] Mailbox is locked by another session")
             return
         self._lock_key, self._logout, self._account = key, logout, account
+        lock_session = getattr(factory.services.store, "lock_session", None)
+        if lock_session is not None:
+            # The store's lock covers the other processes (workers, servers on one mail tree).
+            try:
+                self._release = await lock_session(key)
+            except Exception:
+                self.log.failure("pop3 cannot lock mailbox {mailbox} user={user}", mailbox=key,
+                                 user=account.name)
+                self._end_session()
+                self._log_login(account.name, mech, "failed: mailbox unavailable")
+                self._err("[SYS/TEMP] Cannot open the mailbox, try again later")
+                return
+            if self._release is None:
+                self._end_session()
+                self._log_login(account.name, mech, "failed: mailbox in use")
+                self._err("[IN-USE] Mailbox is locked by another session")
+                return
+            if self._gone:
+                self._end_session()
+                return
         try:
             mbox = factory.services.store.mailbox(key)
             messages = await mbox.list()
@@ -618,7 +679,10 @@ class POP3Server(pop3.POP3):
         self._close()
 
 
-# Mailbox keys that a POP3 session has open, for every POP3 listener of this process.
+LIMITS_UNKNOWN = "the master process did not answer"    # a worker could not check the limits
+
+# Mailbox keys that a POP3 session has open, for every POP3 listener of this process
+# (the store's lock_session, where it has one, also covers other processes).
 MAILBOX_LOCKS = set()
 
 
@@ -658,6 +722,7 @@ class POP3Factory(protocol.ServerFactory):
         self.counter = counter if counter is not None else ConnectionCounter()
         locks = get("locks")
         self.locks = locks if locks is not None else MAILBOX_LOCKS
+        self.sessions = set()
 
     def buildProtocol(self, addr):
         p = self.protocol()

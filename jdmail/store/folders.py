@@ -351,6 +351,7 @@ class AccountState:
         self.handles = 0            # live MaildirAccount / MaildirMailbox objects
         self.last_used = 0.0        # reactor time the last call ended
         self.asleep = False         # index and lock files closed by sleep(); folders kept
+        self.refreshing = False     # a catch-up after another process's commit is on its way
 
     def __repr__(self):
         return f"<AccountState {self.key}>"
@@ -372,8 +373,11 @@ class AccountState:
         brought up to date with what other processes committed."""
         async with self.lock:
             await self._lock_index()
+            conn = changes = None
             try:
                 await self._open(special)
+                conn = self.conn
+                changes = conn.total_changes
                 return await work(*args)
             except sqlite3.DatabaseError as e:
                 if isinstance(e, (sqlite3.OperationalError, sqlite3.IntegrityError)):
@@ -383,6 +387,8 @@ class AccountState:
             finally:
                 self.xlock.release()
                 self.last_used = self.store.reactor.seconds()
+                if conn is not None and (self.conn is not conn or conn.total_changes != changes):
+                    self.store.committed(self.key)
 
     def sleep(self, close=True):
         """Close the index connection and the lock files of an account nobody is using

@@ -37,11 +37,13 @@ files UIDs. All blocking work runs on jdmail's thread pool.
 
 import collections
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
 import weakref
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -52,6 +54,8 @@ from jdmail.store.files import (DIR_MODE, FILE_MODE, LINK_FALLBACK, MAILDIR_FLAG
 from jdmail.store.folders import AccountState, Folder, MaildirAccount
 from jdmail.store.index import transaction
 from jdmail.store.lock import hold
+
+SESSION_LOCK = "jdmail-pop3.lock"
 
 __all__ = ["MaildirStore", "MaildirMailbox", "MaildirStoreFactory", "message_key", "MAILDIR_FLAGS"]
 
@@ -198,6 +202,59 @@ class MaildirStore:
         self._idle = collections.OrderedDict()       # loaded Folder with no session -> None
         self._structure_class = None
         self._lock_waiters = None
+        self.on_commit = None        # see committed()
+
+    def committed(self, key):
+        """An operation of this process changed ``key``'s index: ``on_commit(key)`` (set by
+        jdmail.workers when several processes serve sessions) tells the others, whose
+        IMAP IDLE sessions would otherwise only notice at their next check."""
+        if self.on_commit is not None:
+            self.on_commit(key)
+
+    def changed_elsewhere(self, key):
+        """Another process committed a change to ``key``'s index: if sessions of this
+        process listen (IMAP IDLE) to one of its folders, catch up with the index now
+        (AccountState.call reloads what changed and notifies those folders' sessions)."""
+        st = self._accounts.get(key)
+        if st is None or st.refreshing or not any(v._listeners for f in st.folders.values() for v in f.views):
+            return
+        st.refreshing = True
+
+        async def nothing():
+            return None
+
+        def done(result):
+            st.refreshing = False
+            return result
+        d = Deferred.fromCoroutine(st.call(nothing)).addBoth(done)
+        d.addErrback(lambda f: self.log.failure("maildir: catching up with {key} changed elsewhere", f, key=key))
+
+    def lock_session(self, mailbox):
+        """A Deferred of the mailbox's session lock (POP3: one session per mailbox over
+        every process on this mail tree): a release function, or None when another
+        session holds it. It is a non-blocking flock on ``Maildir/jdmail-pop3.lock``, so
+        the kernel releases it when its process dies."""
+        return self._services.run_blocking(self._lock_session_io, self.maildir_path(mailbox))
+
+    def _lock_session_io(self, maildir):
+        self._ensure_maildir(maildir)
+        fd = os.open(os.path.join(maildir, SESSION_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                     0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        closed = []
+
+        def release():
+            if not closed:
+                closed.append(True)
+                os.close(fd)        # drops the flock
+        return release
 
     def lock_waiters(self):
         """The threads that wait for mailbox locks other processes hold (lock.py)."""

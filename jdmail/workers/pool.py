@@ -1,6 +1,6 @@
-"""The master's side of the SMTP workers: starts ``[smtp] workers`` processes on the
-SMTP listening sockets, answers their control channels, restarts one that dies, stops
-them with the server."""
+"""The master's side of the workers: starts ``[jdmail] workers`` processes on the
+listening sockets (SMTP, POP3, IMAP), answers their control channels, passes change
+notices between them, restarts one that dies, stops them with the server."""
 
 import collections
 import os
@@ -39,17 +39,19 @@ class MasterChannel(QuietAMP):
         return {"addresses": sorted(self.pool.core.services.local_addresses)}
 
     @cmds.OpenConnection.responder
-    def open_connection(self, ip):
-        settings = self.pool.settings
-        refusal = self.pool.counter.open(ip, settings["max_connections"], settings["max_connections_per_ip"])
+    def open_connection(self, ip, kind=None):
+        kind = kind or "smtp"
+        counter, max_total, max_per_ip = self.pool.limits[kind]
+        refusal = counter.open(ip, max_total, max_per_ip)
         if refusal is None:
-            self.worker.counted[ip] += 1
+            self.worker.counted[kind, ip] += 1
         return {"refusal": refusal or ""}
 
     @cmds.CloseConnection.responder
-    def close_connection(self, ip):
-        if self.worker.counted[ip] > 0:
-            self.worker.uncount(ip)
+    def close_connection(self, ip, kind=None):
+        kind = kind or "smtp"
+        if self.worker.counted[kind, ip] > 0:
+            self.worker.uncount(kind, ip)
         return {}
 
     @cmds.Usage.responder
@@ -57,7 +59,7 @@ class MasterChannel(QuietAMP):
         try:
             used, messages = await self.pool.core.services.store.usage(mailbox)
         except Exception:
-            log.failure("smtp worker quota check: usage of {mailbox} failed", mailbox=mailbox)
+            log.failure("worker quota check: usage of {mailbox} failed", mailbox=mailbox)
             raise cmds.StoreFailed("usage failed") from None
         return {"used": used, "messages": messages}
 
@@ -66,7 +68,7 @@ class MasterChannel(QuietAMP):
         try:
             return {"folder": await self.pool.core.delivery.junk_folder(mailbox)}
         except Exception:
-            log.failure("smtp worker delivery: the Junk folder of {mailbox} failed", mailbox=mailbox)
+            log.failure("worker delivery: the Junk folder of {mailbox} failed", mailbox=mailbox)
             raise cmds.StoreFailed("junk folder failed") from None
 
     @cmds.Delivered.responder
@@ -74,6 +76,15 @@ class MasterChannel(QuietAMP):
         notify = getattr(self.pool.core.services.store, "notify_delivered", None)
         if notify is not None:
             notify(mailboxes, dict(zip(mailboxes, folders)))
+        self.pool.tell_others(self.worker, cmds.Delivered, mailboxes=mailboxes, folders=folders)
+        return {}
+
+    @cmds.Changed.responder
+    def changed(self, mailbox):
+        elsewhere = getattr(self.pool.core.services.store, "changed_elsewhere", None)
+        if elsewhere is not None:
+            elsewhere(mailbox)
+        self.pool.tell_others(self.worker, cmds.Changed, mailbox=mailbox)
         return {}
 
     @cmds.Queued.responder
@@ -89,14 +100,15 @@ class Worker(protocol.ProcessProtocol):
 
     def __init__(self, pool, index):
         self.pool, self.index = pool, index
-        self.name = f"smtp-worker-{index}"
+        self.name = f"worker-{index}"
         self.process = None
         self.pid = None
         self.started = 0.0
         self.backoff = 0.0
         self.restart_call = None
         self.ready = defer.Deferred()
-        self.counted = collections.Counter()      # ip -> connections this worker has open
+        self.channel = None
+        self.counted = collections.Counter()      # (kind, ip) -> connections this worker has open
         self.relay = LogRelay(self.name)
         self.ended = None                         # Deferred while a process runs
 
@@ -122,7 +134,7 @@ class Worker(protocol.ProcessProtocol):
         except Exception as e:
             theirs.close()
             ours.close()
-            log.error("smtp worker {index}: cannot start: {error}", index=self.index, error=e)
+            log.error("worker {index}: cannot start: {error}", index=self.index, error=e)
             ended, self.ended = self.ended, None
             ended.callback(None)
             self._schedule_restart()
@@ -149,18 +161,27 @@ class Worker(protocol.ProcessProtocol):
             if line.strip():
                 log.warn("{worker}: {line}", worker=self.name, line=line.rstrip())
 
-    def uncount(self, ip):
-        self.counted[ip] -= 1
-        if self.counted[ip] <= 0:
-            del self.counted[ip]
-        self.pool.counter.close(ip)
+    def uncount(self, kind, ip):
+        self.counted[kind, ip] -= 1
+        if self.counted[kind, ip] <= 0:
+            del self.counted[kind, ip]
+        self.pool.limits[kind][0].close(ip)
 
     def release_connections(self):
-        """The worker's channel closed: its connections are gone with it."""
-        for ip, n in list(self.counted.items()):
+        """The worker's channel closed: its connections (and IMAP users) are gone with it."""
+        for (kind, ip), n in list(self.counted.items()):
             for _ in range(n):
-                self.pool.counter.close(ip)
+                self.pool.limits[kind][0].close(ip)
         self.counted.clear()
+
+    def tell(self, command, **kwargs):
+        """Send a command that has no answer, when this worker's channel is up."""
+        channel = self.channel
+        if channel is not None and channel.transport is not None and self.ready.called:
+            try:
+                channel.callRemote(command, **kwargs)
+            except Exception:       # the connection closed in between
+                pass
 
     def processEnded(self, reason):
         self.relay.flush()
@@ -171,11 +192,11 @@ class Worker(protocol.ProcessProtocol):
                else f"exit status {getattr(status, 'exitCode', '?')}")
         ended, self.ended, self.process = self.ended, None, None
         if self.pool.stopping:
-            log.info("smtp worker {index} pid={pid} stopped ({how})", index=self.index, pid=pid, how=how)
+            log.info("worker {index} pid={pid} stopped ({how})", index=self.index, pid=pid, how=how)
         else:
             ran = self.pool.reactor.seconds() - self.started
             self.backoff = 0.0 if ran >= STEADY else min(MAX_BACKOFF, max(MIN_BACKOFF, self.backoff * 2))
-            log.error("smtp worker {index} pid={pid} ended ({how}) after {ran:.1f}s; restarting in "
+            log.error("worker {index} pid={pid} ended ({how}) after {ran:.1f}s; restarting in "
                       "{delay:.1f}s", index=self.index, pid=pid, how=how, ran=ran, delay=self.backoff)
             self._schedule_restart()
         if ended is not None:
@@ -209,7 +230,7 @@ class Worker(protocol.ProcessProtocol):
 
     def _kill(self):
         if self.process is not None:
-            log.warn("smtp worker {index} pid={pid} did not stop; killing it", index=self.index, pid=self.pid)
+            log.warn("worker {index} pid={pid} did not stop; killing it", index=self.index, pid=self.pid)
             try:
                 self.process.signalProcess("KILL")
             except Exception:
@@ -217,13 +238,16 @@ class Worker(protocol.ProcessProtocol):
 
 
 class WorkerPool(service.Service):
-    """``count`` SMTP worker processes sharing the SMTP sockets (see the package
-    docstring). ``core`` is the master's jdmail.service.Core, ``counter`` its SMTP
-    ConnectionCounter (the limits stay global)."""
+    """``count`` worker processes sharing the listening sockets (see the package
+    docstring). ``core`` is the master's jdmail.service.Core; ``limits`` maps a kind of
+    connection (smtp, pop3, imap, imap-user) to (ConnectionCounter, total limit, limit
+    per IP or user): the master's counters, so the limits stay global."""
 
-    def __init__(self, reactor, count, config, core, counter):
-        self.reactor, self.count, self.config, self.core, self.counter = reactor, count, config, core, counter
-        self.settings = config["smtp"]
+    def __init__(self, reactor, count, config, core, limits):
+        self.reactor, self.count, self.config, self.core, self.limits = reactor, count, config, core, limits
+        store = core.services.store
+        if hasattr(store, "on_commit"):
+            store.on_commit = self._committed       # the master's own commits (quota sync, Junk)
         path = config.path
         self.config_path = os.path.abspath(path) if path and os.path.isfile(path) else None
         self.env = _env()
@@ -231,6 +255,15 @@ class WorkerPool(service.Service):
         self.ports = []
         self.stopping = False
         self._stopped = None
+
+    def tell_others(self, sender, command, **kwargs):
+        """Pass a notice from ``sender`` (a Worker; None: the master) to every other worker."""
+        for w in self.workers:
+            if w is not sender:
+                w.tell(command, **kwargs)
+
+    def _committed(self, key):
+        self.tell_others(None, cmds.Changed, mailbox=key)
 
     def take(self, ports):
         """Stop accepting on ``ports`` ([(section, port)]) in this process and start the
@@ -244,7 +277,7 @@ class WorkerPool(service.Service):
         self.workers = [Worker(self, i) for i in range(self.count)]
         for w in self.workers:
             w.spawn()
-        log.info("smtp: {n} worker processes accept on {sockets}", n=self.count,
+        log.info("{n} worker processes accept on {sockets}", n=self.count,
                  sockets=", ".join(f"[{s}] {p.getHost().host}:{p.getHost().port}" for s, p in self.ports))
         ready = defer.DeferredList([w.ready for w in self.workers])
         timeout = self.reactor.callLater(READY_TIMEOUT, self._not_ready, ready)
@@ -253,7 +286,7 @@ class WorkerPool(service.Service):
 
     def _not_ready(self, ready):
         late = [w.index for w in self.workers if not w.ready.called]
-        log.warn("smtp workers {late} not ready after {t:.0f}s", late=late, t=READY_TIMEOUT)
+        log.warn("workers {late} not ready after {t:.0f}s", late=late, t=READY_TIMEOUT)
         for w in self.workers:
             w.said_hello()
 

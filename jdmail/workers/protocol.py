@@ -1,10 +1,11 @@
-"""The control channel between the master and one SMTP worker: AMP over a socketpair.
+"""The control channel between the master and one worker: AMP over a socketpair.
 
 Worker -> master: Hello (ready; answered with the master's listening addresses),
-OpenConnection/CloseConnection (the global connection limits), Usage and JunkFolder
-(they need the mailbox index, which only the master writes), Delivered (wakes IMAP
-IDLE sessions), Queued (the queue runner scans at once). Log events travel over the
-worker's stdout instead (jdmail.workers.logrelay)."""
+OpenConnection/CloseConnection (the global limits: connections per protocol and client
+IP, IMAP sessions per user), Usage and JunkFolder (asked of the master's store),
+Delivered and Changed (wake IMAP IDLE sessions in every process), Queued (the queue
+runner scans at once). Master -> worker: Delivered and Changed, passed on from another
+process. Log events travel over the worker's stdout instead (jdmail.workers.logrelay)."""
 
 from twisted.protocols import amp
 
@@ -19,12 +20,14 @@ class Hello(amp.Command):
 
 
 class OpenConnection(amp.Command):
-    arguments = [(b"ip", amp.Unicode())]
+    """Count a connection (``kind``: smtp, pop3, imap; imap-user counts a user's IMAP
+    sessions, ``ip`` being the user name)."""
+    arguments = [(b"ip", amp.Unicode()), (b"kind", amp.Unicode(optional=True))]
     response = [(b"refusal", amp.Unicode())]       # "" = admitted and counted
 
 
 class CloseConnection(amp.Command):
-    arguments = [(b"ip", amp.Unicode())]
+    arguments = [(b"ip", amp.Unicode()), (b"kind", amp.Unicode(optional=True))]
     requiresAnswer = False
 
 
@@ -43,6 +46,12 @@ class JunkFolder(amp.Command):
 class Delivered(amp.Command):
     """Messages were linked into these mailboxes' folders (parallel lists)."""
     arguments = [(b"mailboxes", amp.ListOf(amp.Unicode())), (b"folders", amp.ListOf(amp.Unicode()))]
+    requiresAnswer = False
+
+
+class Changed(amp.Command):
+    """A process committed a change to this mailbox's index (IMAP, POP3)."""
+    arguments = [(b"mailbox", amp.Unicode())]
     requiresAnswer = False
 
 

@@ -1,16 +1,19 @@
-"""One SMTP worker process: ``python -m jdmail.workers.worker``, started by the master
+"""One worker process: ``python -m jdmail.workers.worker``, started by the master
 (jdmail.workers.pool), never by hand.
 
 It builds the same parts as the server (jdmail.service.build_core) from the same INI
-file, adopts the listening sockets the master bound (file descriptors it inherited)
-and accepts on them itself. What needs the master's state goes over the control
-channel (jdmail.workers.protocol): connection limits, quota usage and the Junk folder
-(the mailbox index), "delivered" (IMAP IDLE) and "queued" (the queue runner).
-Delivery itself (hard links and fsync before the 250) and queueing (the queue's
-SQLite, safe across processes) happen here. Log events go to stdout as JSON for the
-master to publish. It stops on SIGTERM or when the channel closes (the master is
-gone): it stops accepting, lets transactions in progress finish (up to
-``STOP_GRACE``), answers idle connections 421 and exits.
+file, adopts the listening sockets the master bound (file descriptors it inherited:
+SMTP, POP3 and IMAP alike) and accepts on them itself. Mail delivery (hard links and
+fsync before the 250), queueing (the queue's SQLite) and the POP3/IMAP sessions'
+mailbox indexes (safe across processes, jdmail.store.lock) are done here; what must be
+counted or known in one place goes over the control channel (jdmail.workers.protocol):
+connection limits and IMAP sessions per user, quota usage and the Junk folder,
+"delivered" and "changed" (IMAP IDLE sessions in every process look again), "queued"
+(the queue runner). POP3's one session per mailbox is the store's flock, which the
+kernel drops when a worker dies. Log events go to stdout as JSON for the master to
+publish. It stops on SIGTERM or when the channel closes (the master is gone): it stops
+accepting, lets commands and transactions in progress finish (up to ``STOP_GRACE``),
+answers idle connections (SMTP 421, IMAP ``* BYE``, POP3 ``-ERR``) and exits.
 """
 
 import argparse
@@ -23,8 +26,8 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from jdmail.delivery.local import LocalDelivery
-from jdmail.workers.protocol import (CloseConnection, Delivered, Hello, JunkFolder, OpenConnection, Queued, QuietAMP,
-                                     Usage)
+from jdmail.workers.protocol import (Changed, CloseConnection, Delivered, Hello, JunkFolder, OpenConnection, Queued,
+                                     QuietAMP, Usage)
 
 STOP_GRACE = 10.0          # seconds for transactions in progress at a stop
 log = Logger()
@@ -37,6 +40,21 @@ class WorkerChannel(QuietAMP):
         super().__init__()
         self.on_lost = on_lost
         self.lost = False
+        self.store = None       # the worker's own store (the master's notices are for it)
+
+    @Delivered.responder
+    def delivered(self, mailboxes, folders):
+        notify = getattr(self.store, "notify_delivered", None)
+        if notify is not None:
+            notify(mailboxes, dict(zip(mailboxes, folders)))
+        return {}
+
+    @Changed.responder
+    def changed(self, mailbox):
+        elsewhere = getattr(self.store, "changed_elsewhere", None)
+        if elsewhere is not None:
+            elsewhere(mailbox)
+        return {}
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
@@ -53,34 +71,42 @@ class WorkerChannel(QuietAMP):
 
 
 class RemoteCounter:
-    """The master's ConnectionCounter, seen from a worker (SMTPFactory.counter)."""
+    """One of the master's ConnectionCounters, seen from a worker (the factories'
+    ``counter``, IMAPFactory's ``user_counter``): ``kind`` names it (smtp, pop3, imap,
+    imap-user)."""
 
-    def __init__(self, channel):
-        self.channel = channel
+    remote = True
+
+    def __init__(self, channel, kind="smtp"):
+        self.channel, self.kind = channel, kind
 
     def open(self, ip, _max_total, _max_per_ip):
         """A Deferred of the refusal (None: admitted); the master applies its own limits."""
-        d = self.channel.callRemote(OpenConnection, ip=ip)
+        d = self.channel.callRemote(OpenConnection, ip=ip, kind=self.kind)
         return d.addCallback(lambda answer: answer["refusal"] or None)
 
     def close(self, ip):
-        self.channel.tell(CloseConnection, ip=ip)
+        self.channel.tell(CloseConnection, ip=ip, kind=self.kind)
 
 
 class WorkerStore:
-    """The store in a worker: delivery links the files here, then tells the master;
-    ``usage`` is the master's (it syncs the index). Nothing else of the store that
-    would open an index is available."""
+    """The store in a worker: delivery links the files here, then tells the master (which
+    tells the other workers); a commit to an index tells them too (``on_commit``);
+    ``usage`` is the master's."""
 
     def __init__(self, store, channel):
         self._store, self._channel = store, channel
         if hasattr(store, "usage"):
             self.usage = self._usage
+        if hasattr(store, "on_commit"):
+            store.on_commit = self._committed
+        channel.store = store
 
     def __getattr__(self, name):
-        if name in ("account", "mailbox"):
-            raise AttributeError(f"an SMTP worker does not open mailboxes ({name})")
         return getattr(self._store, name)
+
+    def _committed(self, key):
+        self._channel.tell(Changed, mailbox=key)
 
     async def deliver(self, mailboxes, path, folders=None, before=None):
         await self._store.deliver(mailboxes, path, folders=folders, before=before)
@@ -141,11 +167,11 @@ class WorkerListeners(service.Service):
     """Says Hello to the master, then accepts on the inherited sockets; at stop, stops
     accepting and waits for the transactions in progress."""
 
-    def __init__(self, reactor, channel, services, sockets, factories, smtp_factories):
+    def __init__(self, reactor, channel, services, sockets, factories, session_factories):
         self.reactor, self.channel, self.services = reactor, channel, services
         self.sockets = sockets                # [(section, fd, family)]
-        self.factories = factories            # section -> protocol factory (TLS-wrapped for smtps)
-        self.smtp_factories = smtp_factories  # the SMTPFactory objects (their sessions)
+        self.factories = factories            # section -> protocol factory (TLS-wrapped for smtps...)
+        self.session_factories = session_factories  # the unwrapped factories (their sessions)
         self.ports = []
         self._drain = None
 
@@ -155,7 +181,7 @@ class WorkerListeners(service.Service):
         d.addCallbacks(self._accept, self._no_master)
 
     def _no_master(self, failure):
-        log.error("smtp worker: the master did not answer: {error}", error=failure.getErrorMessage())
+        log.error("worker: the master did not answer: {error}", error=failure.getErrorMessage())
         if self.reactor.running:
             self.reactor.stop()
 
@@ -166,7 +192,7 @@ class WorkerListeners(service.Service):
         for section, fd, family in self.sockets:
             self.ports.append(self.reactor.adoptStreamPort(fd, family, self.factories[section]))
             os.close(fd)        # adoptStreamPort made its own copy
-        log.info("smtp worker pid={pid} accepting on {n} socket(s)", pid=os.getpid(), n=len(self.ports))
+        log.info("worker pid={pid} accepting on {n} socket(s)", pid=os.getpid(), n=len(self.ports))
 
     def stopService(self):
         super().stopService()
@@ -187,14 +213,14 @@ class WorkerListeners(service.Service):
         self.ports = []
         deadline = self.reactor.seconds() + STOP_GRACE
         while True:
-            sessions = [s for f in self.smtp_factories for s in list(f.sessions)]
+            sessions = [s for f in self.session_factories for s in list(f.sessions)]
             for session in sessions:
                 if session.idle() and not session.transport.disconnecting:
                     session.shut_down()
             if not sessions or self.reactor.seconds() >= deadline:
                 break
             await _sleep(self.reactor, 0.05)
-        for session in [s for f in self.smtp_factories for s in list(f.sessions)]:
+        for session in [s for f in self.session_factories for s in list(f.sessions)]:
             session.transport.abortConnection()
 
 
@@ -212,24 +238,37 @@ class _OneProtocol(protocol.Factory):
 
 
 def make_worker_service(config, reactor, channel, sockets):
-    """The worker's MultiService: thread pool, and the SMTP listeners on ``sockets``
-    ([(section, fd, family)]) built by the same code as the server's."""
+    """The worker's MultiService: thread pool, the store's idle-index timer, and the
+    listeners on ``sockets`` ([(section, fd, family)]) built by the same code as the
+    server's."""
+    from jdmail.config import LISTENER_SECTIONS
     from jdmail.errors import ConfigErrors
-    from jdmail.service import build_core, smtp_factory
+    from jdmail.service import build_core, idle_index_timer, imap_factory, pop3_factory, smtp_factory
     errors = []
     core = build_core(config, reactor, errors, worker=WorkerSide(channel))
     if errors:
         raise ConfigErrors(errors)
-    counter = RemoteCounter(channel)
-    factories, smtp = {}, []
+    counters = {kind: RemoteCounter(channel, kind) for kind in ("smtp", "pop3", "imap", "imap-user")}
+    locks = set()
+    factories, unwrapped = {}, []
     for section in dict.fromkeys(s for s, _fd, _family in sockets):
-        factories[section] = smtp_factory(config, reactor, core, section, counter)
-        smtp.append(getattr(factories[section], "wrappedFactory", factories[section]))
+        proto = LISTENER_SECTIONS[section][2]
+        if proto == "smtp":
+            factory = smtp_factory(config, reactor, core, section, counters["smtp"])
+        elif proto == "pop3":
+            factory = pop3_factory(config, core, section, counters["pop3"], locks)
+        else:
+            factory = imap_factory(config, core, section, counters["imap"], counters["imap-user"])
+        factories[section] = factory
+        unwrapped.append(getattr(factory, "wrappedFactory", factory))
     top = service.MultiService()
     core.pool_service.setServiceParent(top)
-    listeners = WorkerListeners(reactor, channel, core.services, sockets, factories, smtp)
+    timer = idle_index_timer(core.services.store)
+    if timer is not None:
+        timer.setServiceParent(top)
+    listeners = WorkerListeners(reactor, channel, core.services, sockets, factories, unwrapped)
     listeners.setServiceParent(top)
-    core.pool_service.before_stop.append(listeners.drained)     # deliveries in progress need the pool
+    core.pool_service.before_stop.append(listeners.drained)     # sessions in progress need the pool
     return top
 
 
@@ -240,7 +279,7 @@ def _socket_arg(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m jdmail.workers.worker",
-                                     description="an SMTP worker process of jdmail (started by the server)")
+                                     description="a worker process of jdmail (started by the server)")
     parser.add_argument("--config")
     parser.add_argument("--datadir")
     parser.add_argument("--channel", type=int, required=True, help="the control socket's descriptor")

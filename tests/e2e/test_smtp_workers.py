@@ -1,4 +1,4 @@
-"""SMTP worker processes ([smtp] workers = 2): a real jdmail whose SMTP sockets are
+"""SMTP in worker processes ([jdmail] workers = 2): a real jdmail whose SMTP sockets are
 accepted on by two worker processes, with real clients (smtplib, imaplib) and a real
 smtp-sink as the relay. What must stay global or in the master is checked through
 the workers: connection limits, quota, the Junk folder, IMAP IDLE, the queue runner,
@@ -51,7 +51,7 @@ def alive(pid):
 
 
 def start(testcase, overrides, extra_ini="", users=((BOB, "secret"),)):
-    server = JdmailServer(overrides={"smtp": {"workers": "2"}, **overrides}, extra_ini=extra_ini)
+    server = JdmailServer(overrides={"jdmail": {"workers": "2"}, **overrides}, extra_ini=extra_ini)
     server.write_ini()
     server.ctl("domain", "add", "example.org")
     for address, password in users:
@@ -95,7 +95,7 @@ def worker_line(server, queue_id):
     """The transaction log line of ``queue_id``, if a worker wrote it (it is in the master's log)."""
     for line in server.read_log().splitlines():
         if f"smtp transaction id={queue_id} " in line:
-            return line if "[smtp-worker-" in line else f"not from a worker: {line}"
+            return line if "[worker-" in line else f"not from a worker: {line}"
     return None
 
 
@@ -113,7 +113,7 @@ class WorkersTests(TestCase):
             sink.start()
             atexit.register(sink.cleanup)
             server = start(None, {
-                "smtp": {"workers": "2", "mynetworks": "127.0.0.0/8"},
+                "smtp": {"mynetworks": "127.0.0.0/8"},
                 "queue": {"scan_interval": "1h"},
                 "filters": {"chain": "attachments"},
             }, extra_ini=(f"[filter:attachments]\naction = quarantine\nquarantine = junk\n"
@@ -135,7 +135,7 @@ class WorkersTests(TestCase):
             self.assertEqual(len(files_with(self.server, tok)), 1, tok)
         self.assertTrue(wait_for(lambda: all(worker_line(self.server, i) for i in ids), timeout=10))
         lines = [worker_line(self.server, i) for i in ids]
-        self.assertEqual([line for line in lines if "[smtp-worker-" not in line], [])
+        self.assertEqual([line for line in lines if "[worker-" not in line], [])
         self.assertTrue(all("result=accepted" in line for line in lines))
 
     def test_quota_refused_at_rcpt(self):
@@ -156,7 +156,7 @@ class WorkersTests(TestCase):
         [path] = files_with(self.server, tok)
         self.assertIn(os.sep + ".Junk" + os.sep + "new" + os.sep, path)
         line = wait_for(lambda: worker_line(self.server, qid), timeout=10)
-        self.assertIn("[smtp-worker-", line)
+        self.assertIn("[worker-", line)
         self.assertIn("result=accepted to Junk", line)
         # the folder was made by the master, through the index: IMAP lists it as \Junk
         imap = imaplib.IMAP4("127.0.0.1", self.ports["imap"], timeout=30)
@@ -197,7 +197,7 @@ class WorkersTests(TestCase):
         dumps = wait_for(lambda: [d for d in self.sink.dumps() if tok.encode() in d.data], timeout=20)
         self.assertEqual(len(dumps), 1, self.server.read_log()[-3000:])
         self.assertEqual(dumps[0].rcpt_args, ["<friend@example.net>"])
-        self.assertIn("[smtp-worker-", worker_line(self.server, qid))
+        self.assertIn("[worker-", worker_line(self.server, qid))
 
     def test_smtps_and_starttls_in_a_worker(self):
         for port, tls, proto in ((self.ports["smtps"], "implicit", "ESMTPSA"),
@@ -209,7 +209,7 @@ class WorkersTests(TestCase):
                 head = f.read(2000)
             self.assertRegex(head, rb"\(using TLSv1\.[23] with cipher [^)]+\)\r\n\t\(Authenticated sender: bob@example.org\)"
                                    rb"\r\n\twith " + proto.encode())
-            self.assertIn("[smtp-worker-", wait_for(lambda: worker_line(self.server, qid), timeout=10))
+            self.assertIn("[worker-", wait_for(lambda: worker_line(self.server, qid), timeout=10))
 
 
 class LimitsAndLifecycleTests(TestCase):
@@ -217,7 +217,7 @@ class LimitsAndLifecycleTests(TestCase):
     no worker outlives its master."""
 
     def setUp(self):
-        self.server = start(self, {"smtp": {"workers": "2", "max_connections_per_ip": "2"}})
+        self.server = start(self, {"smtp": {"max_connections_per_ip": "2"}})
 
     def sessions(self, n):
         """Open ``n`` connections; [(client, greeting code)]."""
@@ -237,7 +237,7 @@ class LimitsAndLifecycleTests(TestCase):
                     if "smtp refused client=127.0.0.1 reason=connections from 127.0.0.1 at limit 2" in line]
         wait_for(lambda: len(refused()) == 3, timeout=10)
         self.assertEqual(len(refused()), 3)
-        self.assertTrue(all("[smtp-worker-" in line for line in refused()), refused())
+        self.assertTrue(all("[worker-" in line for line in refused()), refused())
 
     def test_killed_workers_restarted_and_their_connections_released(self):
         held = self.sessions(2)
@@ -251,7 +251,7 @@ class LimitsAndLifecycleTests(TestCase):
         for c, _code in held:
             self.assertTrue(c.closed(), "a connection of a killed worker stayed open")
         self.assertEqual(len([line for line in self.server.read_log().splitlines()
-                              if re.search(r"smtp worker \d pid=\d+ ended \(signal 9\)", line)]), 2)
+                              if re.search(r"worker \d pid=\d+ ended \(signal 9\)", line)]), 2)
         # the dead workers' two connections no longer count: two new ones are admitted
         ok = wait_for(lambda: self._deliver_once(), timeout=30)
         self.assertTrue(ok)
@@ -284,7 +284,7 @@ class LimitsAndLifecycleTests(TestCase):
         tok = token()
         c.send(message(tok)[:40])
         os.kill(self.server.proc.pid, signal.SIGTERM)
-        self.assertTrue(wait_for(lambda: len(re.findall(r"\[smtp-worker-\d\] Received SIGTERM",
+        self.assertTrue(wait_for(lambda: len(re.findall(r"\[worker-\d\] Received SIGTERM",
                                                         self.server.read_log())) == 2, timeout=30))
         c.send(message(tok)[40:] + b".\r\n")
         reply = c.reply()
