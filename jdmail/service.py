@@ -255,7 +255,7 @@ def _endpoint(reactor, config, section, description, implicit_tls, errors):
 
 
 class Core:
-    """What the server process and its SMTP workers build alike from one config (see
+    """What the server process and its workers build alike from one config (see
     ``build_core``): the thread pool service, Services (directory, store, queue), the
     cred portal, local delivery, the filter chain, the quarantine, the TLS context, and
     the queue runner (None in a worker)."""
@@ -267,9 +267,10 @@ class Core:
 def build_core(config, reactor, errors, worker=None):
     """Build the parts every process needs; problems are appended to ``errors``.
 
-    ``worker``: in an SMTP worker process, its jdmail.workers.worker.WorkerSide, which
-    wraps the store, queue and delivery so that what needs the master's state (mailbox
-    indexes, the queue runner) is asked of the master; no queue runner is built."""
+    ``worker``: in a worker process, its jdmail.workers.worker.WorkerSide, which wraps
+    the store, queue and delivery so that what is kept in one place (quota usage, the
+    Junk folder, the queue runner, change notices) is asked of or told to the master;
+    no queue runner is built."""
     datadir = config.datadir
     spool_dir = os.path.join(datadir, "spool", "incoming")
     pool = BlockingPool(reactor, config["jdmail"]["threads"], name="jdmail")
@@ -417,7 +418,7 @@ def make_service(config, reactor):
     top = service.MultiService()
     core = build_core(config, reactor, errors)
     core.pool_service.setServiceParent(top)
-    services, context, runner = core.services, core.context, core.runner
+    services, runner = core.services, core.runner
     timer = idle_index_timer(services.store)
     if timer is not None:
         timer.setServiceParent(top)

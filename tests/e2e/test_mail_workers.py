@@ -161,6 +161,21 @@ class SharedWorkersTests(Clients, TestCase):
             p.quit()
         self.assertEqual((seen_imap, seen_pop3), (pids, pids))
 
+    def test_imaps_and_pop3s_in_the_workers(self):
+        imap = imaplib.IMAP4_SSL("127.0.0.1", self.server.ports["imaps"], timeout=60,
+                                 ssl_context=unverified_context())
+        self.addCleanup(_quietly, imap.shutdown)
+        self.assertIn(serving_pid(self.server, imap.sock), self.two_workers())
+        self.assertEqual(imap.login(ANN, "secret")[0], "OK")
+        self.assertEqual(imap.select("INBOX")[0], "OK")
+        imap.logout()
+        pop = poplib.POP3_SSL("127.0.0.1", self.server.ports["pop3s"], timeout=60, context=unverified_context())
+        self.addCleanup(_quietly, pop.close)
+        self.assertIn(serving_pid(self.server, pop.sock), self.two_workers())
+        pop.user(ANN)
+        self.assertTrue(pop.pass_("secret").startswith(b"+OK"))
+        pop.quit()
+
     def test_pop3_one_session_per_mailbox_across_workers(self):
         one, two = self.two_workers()
         a = self.pop3(on=one)
