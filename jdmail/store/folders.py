@@ -1013,6 +1013,14 @@ class AccountState:
 
     async def _sync(self, f, load=True, claim=False, exclude=None, force=False):
         """Bring one folder up to date (lock held). Returns the claimed \\Recent range."""
+        if not force and f.contents is not None and not (claim and f.first_recent < f.uidnext):
+            # most commands find nothing changed: three lstats of local directories cost
+            # less here than a pool round trip (the reactor already stats the index file)
+            try:
+                if not self._check_io(f):
+                    return None
+            except (_Vanished, FolderError):
+                pass                # the pool's pass reports it as it always did
         try:
             loaded, delta, claimed = await self.blocking(self._sync_io, f, load, claim, force)
         except _Vanished:
@@ -1708,12 +1716,17 @@ class FolderView:
     def _mine(self, uids):
         """The shared Msgs of the UIDs this view holds (and the folder still has), ascending."""
         c = self.folder.contents
+        wanted = sorted(set(uids))
+        if len(wanted) > 16:        # many: one set of the view's UIDs beats a bisect each
+            held = {r.uid for r in self.records}
+            wanted = [uid for uid in wanted if uid in held]
+        else:
+            wanted = [uid for uid in wanted if self._find(uid) is not None]
         out = []
-        for uid in sorted(set(uids)):
-            if self._find(uid) is not None:
-                m = c.msg(uid)
-                if m is not None:
-                    out.append(m)
+        for uid in wanted:
+            m = c.msg(uid)
+            if m is not None:
+                out.append(m)
         return out
 
     def _take_own(self, records):
@@ -1785,8 +1798,14 @@ class FolderView:
 
         async def work():
             self._check(write=True)
-            wanted = [r.uid for r in self.records] if uids is None else uids
-            victims = [m.record.uid for m in self._mine(wanted) if "\\Deleted" in m.record.flags]
+            current = f.contents.records
+            if uids is None:
+                candidates = [r.uid for r in self.records]
+            else:
+                held = {r.uid for r in self.records}
+                candidates = sorted({u for u in uids if u in held})
+            victims = [u for u in candidates
+                       if (rec := current.get(u)) is not None and "\\Deleted" in rec.flags]
             if not victims:
                 return []
             removed = await st._expunge(f, victims, exclude=self)
