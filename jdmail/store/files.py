@@ -4,6 +4,7 @@ sizes and line ends of files written by other programs.
 """
 
 import errno
+import functools
 import io
 import itertools
 import os
@@ -63,8 +64,10 @@ def join_name(base, info):
     return f"{base}:{info}" if info else base
 
 
+@functools.lru_cache(maxsize=512)
 def info_flags(info):
-    """The IMAP system flags an info part carries ("2,FS" -> {\\Flagged, \\Seen})."""
+    """The IMAP system flags an info part carries ("2,FS" -> {\\Flagged, \\Seen});
+    remembered, as a mailbox's names carry only a few distinct info parts."""
     if not info.startswith("2,"):
         return frozenset()
     return frozenset(MAILDIR_FLAGS[c] for c in info[2:] if c in MAILDIR_FLAGS)
