@@ -451,8 +451,7 @@ def make_service(config, reactor):
     count = worker_count(config)
     if count > 1 and listeners:
         from jdmail.workers.pool import WorkerPool
-        limits = {"smtp": (smtp_counter, config["smtp"]["max_connections"], config["smtp"]["max_connections_per_ip"]),
-                  "pop3": (pop3_counter, config["pop3"]["max_connections"], config["pop3"]["max_connections_per_ip"]),
+        limits = {"pop3": (pop3_counter, config["pop3"]["max_connections"], config["pop3"]["max_connections_per_ip"]),
                   "imap": (imap_counter, config["imap"]["max_connections"], config["imap"]["max_connections_per_ip"]),
                   "imap-user": (imap_users, 0, config["imap"]["max_connections_per_user"])}
         pool = WorkerPool(reactor, count, config, core, limits)

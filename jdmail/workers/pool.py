@@ -8,11 +8,13 @@ import socket
 import sys
 
 from twisted.application import service
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
 
 from jdmail.workers import protocol as cmds
 from jdmail.workers.protocol import QuietAMP
+from jdmail.workers.leases import Limits, MasterLeases
+from jdmail.workers.logfiles import ROTATE_CHECK, MasterLogFiles
 from jdmail.workers.logrelay import LogRelay
 from jdmail.workers.worker import STOP_GRACE, _OneProtocol
 
@@ -28,19 +30,40 @@ class MasterChannel(QuietAMP):
     def __init__(self, pool, worker):
         super().__init__()
         self.pool, self.worker = pool, worker
+        self.released = False        # the process is gone: its SMTP credit was given back (once)
+        self.hello_done = False
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
         self.worker.release_connections()
+        self.worker.release_leases(self)
 
     @cmds.Hello.responder
     def hello(self, pid):
         self.worker.said_hello()
-        return {"addresses": sorted(self.pool.core.services.local_addresses)}
+        self.hello_done = True
+        deficits = self.pool.leases.deficits(self.worker)
+        return {"addresses": sorted(self.pool.core.services.local_addresses),
+                "log_files": (self.pool.log_files and self.pool.log_files.paths) or [],
+                "workers": self.pool.count,
+                "deficit_keys": [k for k, _n in deficits], "deficits": [n for _k, n in deficits]}
+
+    @cmds.Borrow.responder
+    async def borrow(self, ip, keys):
+        refusal = await self.pool.leases.borrow(self.worker, ip, keys, self.pool.workers)
+        if not refusal and self.released:       # granted to a process that ended meanwhile
+            for key in keys:
+                self.pool.leases.give_back(self.worker, key, 1, self.pool.workers)
+        return {"refusal": refusal}
+
+    @cmds.GiveBack.responder
+    def give_back(self, key, n):
+        if not self.released:
+            self.pool.leases.give_back(self.worker, key, n, self.pool.workers)
+        return {}
 
     @cmds.OpenConnection.responder
     def open_connection(self, ip, kind=None):
-        kind = kind or "smtp"
         counter, max_total, max_per_ip = self.pool.limits[kind]
         refusal = counter.open(ip, max_total, max_per_ip)
         if refusal is None:
@@ -49,7 +72,6 @@ class MasterChannel(QuietAMP):
 
     @cmds.CloseConnection.responder
     def close_connection(self, ip, kind=None):
-        kind = kind or "smtp"
         if self.worker.counted[kind, ip] > 0:
             self.worker.uncount(kind, ip)
         return {}
@@ -116,7 +138,7 @@ class Worker(protocol.ProcessProtocol):
         self.restart_call = None
         pool = self.pool
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        args = [sys.executable, "-m", "jdmail.workers.worker", "--channel", "3"]
+        args = [sys.executable, "-m", "jdmail.workers.worker", "--channel", "3", "--name", self.name]
         if pool.config_path:
             args += ["--config", pool.config_path]
         args += ["--datadir", pool.config.datadir]
@@ -174,6 +196,33 @@ class Worker(protocol.ProcessProtocol):
                 self.pool.limits[kind][0].close(ip)
         self.counted.clear()
 
+    def release_leases(self, channel):
+        """``channel``'s process is gone, its connections with it: the SMTP credit it
+        borrowed is free (jdmail.workers.leases)."""
+        if channel is None or channel.released:
+            return
+        channel.released = True
+        self.pool.leases.worker_gone(self, self.pool.workers)
+
+    def lend(self, key):
+        """A Deferred of True when this worker's process gave up an unused SMTP credit of ``key``."""
+        channel = self.channel
+        if channel is None or channel.released or not channel.hello_done:
+            # no process accepting (starting, or restarting): nothing of its share is in
+            # use, and what it lends now its Hello answer will say
+            return defer.succeed(self.pool.leases.credit(self, key) > 0)
+        return channel.callRemote(cmds.Lend, key=key).addCallback(lambda answer: answer["lent"])
+
+    def grant(self, key, n):
+        """Tell this worker's process that ``n`` SMTP credits of ``key`` it lent are its own
+        again (a process that has not said Hello yet learns it from the Hello answer)."""
+        channel = self.channel
+        if channel is not None and not channel.released and channel.hello_done:
+            try:
+                channel.callRemote(cmds.Grant, key=key, n=n)
+            except Exception:           # closed in between: its successor's Hello answer says it
+                pass
+
     def tell(self, command, **kwargs):
         """Send a command that has no answer, when this worker's channel is up."""
         channel = self.channel
@@ -186,6 +235,7 @@ class Worker(protocol.ProcessProtocol):
     def processEnded(self, reason):
         self.relay.flush()
         self.release_connections()
+        self.release_leases(self.channel)
         pid = self.pid
         status = reason.value
         how = (f"signal {status.signal}" if getattr(status, "signal", None)
@@ -240,11 +290,16 @@ class Worker(protocol.ProcessProtocol):
 class WorkerPool(service.Service):
     """``count`` worker processes sharing the listening sockets (see the package
     docstring). ``core`` is the master's jdmail.service.Core; ``limits`` maps a kind of
-    connection (smtp, pop3, imap, imap-user) to (ConnectionCounter, total limit, limit
-    per IP or user): the master's counters, so the limits stay global."""
+    connection (pop3, imap, imap-user) to (ConnectionCounter, total limit, limit per IP
+    or user): the master's counters, so the limits stay global. SMTP's limits are
+    ``leases`` (jdmail.workers.leases): no question per connection."""
 
     def __init__(self, reactor, count, config, core, limits):
         self.reactor, self.count, self.config, self.core, self.limits = reactor, count, config, core, limits
+        smtp = config["smtp"]
+        self.leases = MasterLeases(Limits(smtp["max_connections"], smtp["max_connections_per_ip"], count))
+        self.log_files = None          # MasterLogFiles, once logging has begun (take)
+        self._rotation = None
         store = core.services.store
         if hasattr(store, "on_commit"):
             store.on_commit = self._committed       # the master's own commits (quota sync, Junk)
@@ -272,6 +327,11 @@ class WorkerPool(service.Service):
         if not ports or self.stopping:
             return defer.succeed(None)
         self.ports = list(ports)
+        self.log_files = MasterLogFiles()
+        if self.log_files.rotating:
+            self._rotation = task.LoopingCall(self.log_files.check_rotation)
+            self._rotation.clock = self.reactor
+            self._rotation.start(ROTATE_CHECK, now=False)
         for _section, port in self.ports:
             port.stopReading()
         self.workers = [Worker(self, i) for i in range(self.count)]
@@ -298,6 +358,8 @@ class WorkerPool(service.Service):
         """Stop every worker (once); a Deferred firing when all have ended."""
         if self._stopped is None:
             self.stopping = True
+            if self._rotation is not None and self._rotation.running:
+                self._rotation.stop()
             self._stopped = defer.DeferredList([w.stop() for w in self.workers])
         d = defer.Deferred()
         self._stopped.addBoth(lambda r: (d.callback(None), r)[1])

@@ -7,11 +7,13 @@ SMTP, POP3 and IMAP alike) and accepts on them itself. Mail delivery (hard links
 fsync before the 250), queueing (the queue's SQLite) and the POP3/IMAP sessions'
 mailbox indexes (safe across processes, jdmail.store.lock) are done here; what must be
 counted or known in one place goes over the control channel (jdmail.workers.protocol):
-connection limits and IMAP sessions per user, quota usage and the Junk folder,
-"delivered" and "changed" (IMAP IDLE sessions in every process look again), "queued"
-(the queue runner). POP3's one session per mailbox is the store's flock, which the
-kernel drops when a worker dies. Log events go to stdout as JSON for the master to
-publish. It stops on SIGTERM or when the channel closes (the master is gone): it stops
+connection limits and IMAP sessions per user (SMTP's: beyond the worker's share,
+jdmail.workers.leases), quota usage and the Junk folder, "delivered" and "changed"
+(IMAP IDLE sessions in every process look again), "queued" (the queue runner). POP3's
+one session per mailbox is the store's flock, which the kernel drops when a worker
+dies. Log lines go straight into the master's log files (jdmail.workers.logfiles);
+until the master has named them, or when it logs elsewhere, events go to stdout as
+JSON for the master to publish. It stops on SIGTERM or when the channel closes (the master is gone): it stops
 accepting, lets commands and transactions in progress finish (up to ``STOP_GRACE``),
 answers idle connections (SMTP 421, IMAP ``* BYE``, POP3 ``-ERR``) and exits.
 """
@@ -26,8 +28,9 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from jdmail.delivery.local import LocalDelivery
-from jdmail.workers.protocol import (Changed, CloseConnection, Delivered, Hello, JunkFolder, OpenConnection, Queued,
-                                     QuietAMP, Usage)
+from jdmail.workers.leases import Limits, WorkerLeases
+from jdmail.workers.protocol import (Borrow, Changed, CloseConnection, Delivered, GiveBack, Grant, Hello, JunkFolder,
+                                     Lend, OpenConnection, Queued, QuietAMP, Usage)
 
 STOP_GRACE = 10.0          # seconds for transactions in progress at a stop
 log = Logger()
@@ -41,6 +44,17 @@ class WorkerChannel(QuietAMP):
         self.on_lost = on_lost
         self.lost = False
         self.store = None       # the worker's own store (the master's notices are for it)
+        self.leases = None      # WorkerLeases: the SMTP connection limits
+
+    @Lend.responder
+    def lend(self, key):
+        return {"lent": self.leases is not None and self.leases.lend(key)}
+
+    @Grant.responder
+    def grant(self, key, n):
+        if self.leases is not None:
+            self.leases.grant(key, n)
+        return {}
 
     @Delivered.responder
     def delivered(self, mailboxes, folders):
@@ -70,14 +84,25 @@ class WorkerChannel(QuietAMP):
                 pass
 
 
+def worker_leases(channel):
+    """The worker's share of the SMTP connection limits (SMTPFactory.counter), which
+    borrows from the master beyond it (jdmail.workers.leases)."""
+    def borrow(ip, keys):
+        d = channel.callRemote(Borrow, ip=ip, keys=keys)
+        return d.addCallback(lambda answer: answer["refusal"])
+    leases = WorkerLeases(borrow, lambda key, n: channel.tell(GiveBack, key=key, n=n))
+    channel.leases = leases
+    return leases
+
+
 class RemoteCounter:
     """One of the master's ConnectionCounters, seen from a worker (the factories'
-    ``counter``, IMAPFactory's ``user_counter``): ``kind`` names it (smtp, pop3, imap,
+    ``counter``, IMAPFactory's ``user_counter``): ``kind`` names it (pop3, imap,
     imap-user)."""
 
     remote = True
 
-    def __init__(self, channel, kind="smtp"):
+    def __init__(self, channel, kind):
         self.channel, self.kind = channel, kind
 
     def open(self, ip, _max_total, _max_per_ip):
@@ -167,8 +192,9 @@ class WorkerListeners(service.Service):
     """Says Hello to the master, then accepts on the inherited sockets; at stop, stops
     accepting and waits for the transactions in progress."""
 
-    def __init__(self, reactor, channel, services, sockets, factories, session_factories):
+    def __init__(self, reactor, channel, services, sockets, factories, session_factories, logs=None):
         self.reactor, self.channel, self.services = reactor, channel, services
+        self.logs = logs                      # a LogSwitch (None: keep logging as begun)
         self.sockets = sockets                # [(section, fd, family)]
         self.factories = factories            # section -> protocol factory (TLS-wrapped for smtps...)
         self.session_factories = session_factories  # the unwrapped factories (their sessions)
@@ -187,6 +213,13 @@ class WorkerListeners(service.Service):
 
     def _accept(self, answer):
         self.services.local_addresses.update(answer["addresses"])
+        if self.logs is not None and answer["log_files"]:
+            self.logs.to_files(answer["log_files"])
+        if self.channel.leases is not None:
+            smtp = self.services.config["smtp"]
+            self.channel.leases.begin(Limits(smtp["max_connections"], smtp["max_connections_per_ip"],
+                                             answer["workers"]),
+                                      zip(answer["deficit_keys"], answer["deficits"]))
         if not self.running:
             return
         for section, fd, family in self.sockets:
@@ -237,7 +270,30 @@ class _OneProtocol(protocol.Factory):
         return self.proto
 
 
-def make_worker_service(config, reactor, channel, sockets):
+class LogSwitch:
+    """The worker's log: events go to the master over stdout (``relay``, a log
+    observer) until ``to_files`` names the master's log files to write to."""
+
+    def __init__(self, name, relay, publisher=None):
+        from twisted.logger import globalLogPublisher
+        self.name, self.relay = name, relay
+        self.publisher = publisher or globalLogPublisher
+        self.observer = None
+
+    def to_files(self, paths):
+        from jdmail.workers.logfiles import WorkerLogObserver
+        try:
+            observer = WorkerLogObserver(self.name, paths)
+        except OSError as e:        # e.g. twistd --uid: the master opened it before dropping root
+            log.warn("{name} cannot open the log files ({error}); sending its lines to the server process",
+                     name=self.name, error=e)
+            return
+        self.publisher.addObserver(observer)
+        self.publisher.removeObserver(self.relay)
+        self.observer = observer
+
+
+def make_worker_service(config, reactor, channel, sockets, logs=None):
     """The worker's MultiService: thread pool, the store's idle-index timer, and the
     listeners on ``sockets`` ([(section, fd, family)]) built by the same code as the
     server's."""
@@ -248,7 +304,8 @@ def make_worker_service(config, reactor, channel, sockets):
     core = build_core(config, reactor, errors, worker=WorkerSide(channel))
     if errors:
         raise ConfigErrors(errors)
-    counters = {kind: RemoteCounter(channel, kind) for kind in ("smtp", "pop3", "imap", "imap-user")}
+    counters = {kind: RemoteCounter(channel, kind) for kind in ("pop3", "imap", "imap-user")}
+    counters["smtp"] = worker_leases(channel)
     locks = set()
     factories, unwrapped = {}, []
     for section in dict.fromkeys(s for s, _fd, _family in sockets):
@@ -266,7 +323,7 @@ def make_worker_service(config, reactor, channel, sockets):
     timer = idle_index_timer(core.services.store)
     if timer is not None:
         timer.setServiceParent(top)
-    listeners = WorkerListeners(reactor, channel, core.services, sockets, factories, unwrapped)
+    listeners = WorkerListeners(reactor, channel, core.services, sockets, factories, unwrapped, logs)
     listeners.setServiceParent(top)
     core.pool_service.before_stop.append(listeners.drained)     # sessions in progress need the pool
     return top
@@ -283,13 +340,15 @@ def main(argv=None):
     parser.add_argument("--config")
     parser.add_argument("--datadir")
     parser.add_argument("--channel", type=int, required=True, help="the control socket's descriptor")
+    parser.add_argument("--name", default=f"worker-pid{os.getpid()}", help="the worker's name in the log")
     parser.add_argument("--listen", type=_socket_arg, action="append", default=[],
                         help="SECTION:FD:inet|inet6, a listening socket to accept on")
     args = parser.parse_args(argv)
 
     from twisted.logger import globalLogBeginner, jsonFileLogObserver
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(out)], redirectStandardIO=True)
+    relay = jsonFileLogObserver(out)
+    globalLogBeginner.beginLoggingTo([relay], redirectStandardIO=True)
 
     from twisted.internet import reactor
 
@@ -312,7 +371,7 @@ def main(argv=None):
     reactor.adoptStreamConnection(args.channel, socket.AF_UNIX, _OneProtocol(channel))
     os.close(args.channel)
     try:
-        top = make_worker_service(settings, reactor, channel, args.listen)
+        top = make_worker_service(settings, reactor, channel, args.listen, LogSwitch(args.name, relay))
     except ConfigErrors as e:
         for line in str(e).splitlines():
             log.critical("jdmail: {line}", line=line)

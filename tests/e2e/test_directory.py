@@ -269,7 +269,8 @@ class DirectoryFeatureTests(TestCase):
 
 class CacheTests(TestCase):
     """[directory] cache_ttl = 1h, negative_cache_ttl = 0: a known answer stays for the TTL,
-    an unknown one is asked again each time."""
+    an unknown one is asked again each time. One process ([jdmail] workers = 1): each
+    worker process has a cache of its own, and these checks follow one cache."""
 
     def setUp(self):
         def setup(s):
@@ -278,7 +279,8 @@ class CacheTests(TestCase):
             d.add_user("bob@example.org", "{PLAIN}pw")
             d.add_alias("info@example.org", ["bob@example.org"])
             d.close()
-        self.server = start_server({"directory": {"cache_ttl": "1h", "negative_cache_ttl": "0"}}, "", setup)
+        self.server = start_server({"directory": {"cache_ttl": "1h", "negative_cache_ttl": "0"},
+                                    "jdmail": {"workers": "1"}}, "", setup)
         self.addCleanup(self.server.stop)
 
     def rcpt(self, address):

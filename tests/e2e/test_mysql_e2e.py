@@ -258,7 +258,8 @@ class BackendDownTests(MySQLServerCase):
     """mariadbd killed under a running jdmail, then started again."""
 
     def test_tempfail_then_recovery_without_restart(self):
-        jd = self.server(cache_ttl="0", negative_cache_ttl="0")
+        # one process: the outage and the recovery are logged once per process
+        jd = self.server({"jdmail": {"workers": "1"}}, cache_ttl="0", negative_cache_ttl="0")
         admin = self.admin()
         admin.schema_init()
         admin.add_domain("example.org")
