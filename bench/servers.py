@@ -470,8 +470,10 @@ def jdmail_limits(want, listeners=("imap",)):
 
 
 # The workloads whose jdmail runs with [jdmail] workers = auto (--jdmail-set jdmail.workers=1
-# for the single process); the connections workload (memory of idle sessions) is not one.
-WORKER_LISTENERS = {"smtp"}
+# for the single process). Not IMAP: each worker has its own loaded folders, so the big
+# mailbox's steady SELECT, landing on the other worker, reads its index again, and the
+# mixed load measured no better (bench/README.md); not the connections workload (memory).
+WORKER_LISTENERS = {"smtp", "pop3"}
 
 
 def jdmail_has_key(section, key):
