@@ -97,6 +97,8 @@ CORE_SCHEMA = {
         "max_connections_per_user": Option.int(default=10, help="logged-in IMAP sessions at once of one user"),
         "timeout": Option.duration(default=1800.0, help="idle time allowed after login (RFC 3501: at least 30m)"),
         "login_timeout": Option.duration(default=60.0, help="idle time allowed before login"),
+        "hibernate_timeout": Option.duration(default=30.0, help="a logged-in session quiet this long (in IDLE "
+                                             "or between commands) hibernates; 0 = never"),
     },
     "imaps": {"listen": Option.list(default=["tcp:993"], help="Twisted endpoint strings (implicit TLS); empty disables")},
     "queue": {

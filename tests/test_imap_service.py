@@ -31,7 +31,7 @@ class IMAPConfigTests(unittest.TestCase):
         self.assertEqual(c["imap"], {"listen": ["tcp:143"], "banner": "jdmail IMAP4rev1 Service ready",
                                      "max_connections": 500, "max_connections_per_ip": 10,
                                      "max_connections_per_user": 10, "timeout": 1800.0,
-                                     "login_timeout": 60.0})
+                                     "login_timeout": 60.0, "hibernate_timeout": 30.0})
         self.assertEqual(c["imaps"], {"listen": ["tcp:993"]})
 
     def test_timeout_below_rfc_minimum(self):
@@ -50,7 +50,7 @@ class IMAPConfigTests(unittest.TestCase):
     def test_service_listens_for_imap_and_imaps(self):
         c = self.load("[smtp]\nlisten =\nmax_message_size = 1M\n[submission]\nlisten =\n[smtps]\nlisten =\n"
                       "[pop3]\nlisten =\n[pop3s]\nlisten =\n[imap]\nlisten = tcp:1143:interface=127.0.0.1\n"
-                      "max_connections_per_user = 3\n[imaps]\nlisten = tcp:1993:interface=127.0.0.1\n"
+                      "max_connections_per_user = 3\nhibernate_timeout = 5s\n[imaps]\nlisten = tcp:1993:interface=127.0.0.1\n"
                       "[auth]\nfail_delay = 1s\nmax_failures = 5\n")
         top = make_service(c, MemoryReactorClock())
         listeners = [s for s in top if isinstance(s, ListenersService)][0].listeners
@@ -62,9 +62,11 @@ class IMAPConfigTests(unittest.TestCase):
         self.assertIsNotNone(imap.tls_context)
         self.assertEqual((imap.max_connections_per_user, imap.fail_delay, imap.max_failures,
                           imap.max_message_size), (3, 1.0, 5, 1024 * 1024))
+        self.assertEqual(imap.hibernation.timeout, 5.0)
         imaps = by_section["imaps"]
         self.assertIsInstance(imaps, TLSMemoryBIOFactory)
         inner = imaps.wrappedFactory
         self.assertTrue(inner.implicit_tls)
+        self.assertIsNone(inner.hibernation)        # TLS sessions never hibernate
         self.assertIs(inner.counter, imap.counter)
         self.assertIs(inner.user_counter, imap.user_counter)

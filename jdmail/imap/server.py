@@ -57,7 +57,7 @@ from jdmail.net import peer_host, set_nodelay, write_now
 from jdmail.flow import Throttle
 from jdmail.auth import DisabledAccount, IAccountAvatar
 from jdmail.errors import DirectoryUnavailable
-from jdmail.imap import listing
+from jdmail.imap import hibernate, listing
 from jdmail.imap.fetch import Section, fast_renderer, parse_fetch, record_flags, render
 from jdmail.mime import header_section
 from jdmail.imap.parser import Atom, ParseError, astring, literal_suffix, parse_command
@@ -214,6 +214,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._idle_running = False
         self._close_after = None
         self._current_tag = "*"
+        self._resume = None         # set by jdmail.imap.hibernate when this session wakes up
 
     # --- connection ---------------------------------------------------------------------
 
@@ -221,6 +222,8 @@ class IMAPServer(imap4.IMAP4Server):
         return self.factory.reactor.callLater(period, func, *args)
 
     def connectionMade(self):
+        if self._resume is not None:
+            return hibernate.resume(self)
         self.client = peer_host(self.transport)
         set_nodelay(self.transport)
         self.factory.sessions.add(self)
@@ -278,6 +281,8 @@ class IMAPServer(imap4.IMAP4Server):
     def connectionLost(self, reason=protocol.connectionDone):
         self._gone = True
         self.factory.sessions.discard(self)
+        if self.factory.hibernation is not None:
+            self.factory.hibernation.unwatch(self)
         self.setTimeout(None)
         if self._delay is not None and not self._delay.called:
             self._delay.cancel()
@@ -529,6 +534,9 @@ class IMAPServer(imap4.IMAP4Server):
             self._write_now(tag.encode() + b" BAD " + text + b"\r\n")
             self._count_bad()
             return
+        self._start_command(tag, cmd, args)
+
+    def _start_command(self, tag, cmd, args):
         self._busy = True
         d = defer.Deferred.fromCoroutine(self._run(tag, cmd, args))
         d.addErrback(self._internal_error)
@@ -902,6 +910,8 @@ class IMAPServer(imap4.IMAP4Server):
         self.account, self.store, self._logout = account, store, logout
         self.state = AUTH
         self.setTimeout(factory.timeout)
+        if factory.hibernation is not None:
+            factory.hibernation.watch(self)
         self._log_login(account.name, mech, "ok")
         return "CAPABILITY " + self.capability_line().decode(), "Logged in"
 
@@ -1312,15 +1322,18 @@ class IMAPServer(imap4.IMAP4Server):
     # --- IDLE (RFC 2177) ----------------------------------------------------------------
 
     async def cmd_IDLE(self, tag, args):
-        if args:
-            raise Bad("IDLE takes no arguments")
-        self._write_now(b"+ idling\r\n")
+        resumed = args if isinstance(args, hibernate.Resumed) else None     # after hibernation
+        if resumed is None:
+            if args:
+                raise Bad("IDLE takes no arguments")
+            self._write_now(b"+ idling\r\n")
         self._idling = True
         folder = self.folder
         try:
             if folder is not None:
                 self._idle_stop = folder.listen(self._idle_wakeup)
-            self._idle_timer = self.callLater(IDLE_KEEPALIVE, self._idle_tick)
+            self._idle_timer = self.callLater(resumed.keepalive_in if resumed else IDLE_KEEPALIVE,
+                                              self._idle_tick)
             self._idle_wakeup()
             line = await self._read_line()
             if self._idle_sync_d is not None:
@@ -2011,7 +2024,7 @@ class IMAPFactory(protocol.ServerFactory):
     """Builds IMAP sessions for one listener.
 
     ``settings`` keys (all optional): banner, timeout (after login; seconds),
-    login_timeout, max_connections, max_connections_per_ip,
+    login_timeout, hibernate_timeout (0 = never), max_connections, max_connections_per_ip,
     max_connections_per_user (0 = no limit), allow_plaintext, fail_delay,
     max_failures, max_message_size (APPEND literals), tls_context (None = no
     STARTTLS), implicit_tls, counter (a ConnectionCounter shared by the imap and
@@ -2044,6 +2057,10 @@ class IMAPFactory(protocol.ServerFactory):
         user_counter = get("user_counter")
         self.user_counter = user_counter if user_counter is not None else ConnectionCounter()
         self.sessions = set()
+        hibernate_after = get("hibernate_timeout") or 0
+        self.hibernation = None     # TLS sessions keep their state in OpenSSL: never hibernated
+        if hibernate_after > 0 and not self.implicit_tls:
+            self.hibernation = hibernate.Hibernation(self, hibernate_after)
 
     def buildProtocol(self, addr):
         return self.protocol(self)
