@@ -10,9 +10,10 @@ Dovecot runs in its documented high-performance login mode (``service_count =
 ``--dovecot-no-hibernate``, with ``imap_hibernate_timeout = 5s``: sessions in
 IDLE leave their imap process for the shared imap-hibernate process, which is
 how Dovecot is meant to hold many idle clients. jdmail gets the same 5 s as
-``[store] index_idle_timeout`` (its default is 10 s; ``--jdmail-set`` overrides):
-a mailbox nobody has used for that long has its SQLite index closed while its
-sessions idle.
+``[imap] hibernate_timeout`` (default 30 s: its own hibernation of quiet sessions)
+and ``[store] index_idle_timeout`` (default 10 s: a mailbox nobody has used for
+that long has its SQLite index closed while its sessions idle); ``--jdmail-set``
+overrides either.
 """
 
 import asyncio
@@ -159,7 +160,10 @@ def _run(args, tmp):
         root = os.path.join(tmp, name)
         os.makedirs(root)
         if name == "jdmail":
-            settings = {"store": {"index_idle_timeout": "5s"}}       # as Dovecot's imap_hibernate_timeout
+            # both as Dovecot's imap_hibernate_timeout
+            settings = {"store": {"index_idle_timeout": "5s"}, "imap": {"hibernate_timeout": "5s"}}
+            if not servers.jdmail_has_key("imap", "hibernate_timeout"):     # a checkout before it
+                del settings["imap"]
             for section, kv in args.jdmail_settings.items():
                 settings.setdefault(section, {}).update(kv)
             targets.append(servers.Jdmail(root, max_connections=biggest + 200, settings=settings))

@@ -66,7 +66,11 @@ class MailRealm:
         account = await self._directory.account(name)
         if account is None:
             raise UnauthorizedLogin("account vanished")
-        return IAccountAvatar, account, lambda: None
+        return IAccountAvatar, account, _no_logout
+
+
+def _no_logout():
+    """The avatar's logout: nothing to do (one function for all sessions, not one each)."""
 
 
 def make_portal(directory):

@@ -266,9 +266,12 @@ class SQLDirectoryBackend:
         if not rows:
             return None
         address, password, quota, messages, enabled, protocols, forward, keep = rows[0]
+        protocols = frozenset(_list(protocols)) & PROTOCOLS
+        if protocols == PROTOCOLS:
+            protocols = PROTOCOLS       # shared: every session's account holds one (216 bytes each)
         return UserRecord(address=address, password=password, quota_bytes=quota or 0,
                           quota_messages=messages or 0, enabled=bool(enabled),
-                          protocols=frozenset(_list(protocols)) & PROTOCOLS,
+                          protocols=protocols,
                           forward=_list(forward), keep_copy=bool(keep))
 
     def alias_targets(self, cur, source):

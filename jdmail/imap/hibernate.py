@@ -6,7 +6,7 @@ IMAPServer and its attributes, the tcp.Server transport, the IDLE coroutine
 with its Deferreds, two DelayedCalls. Hibernating takes its socket off the
 reactor *without* closing or shutting it down, lets those objects go, and
 keeps a ``Sleeper`` (``__slots__``) holding the socket and what resuming
-needs: the account and its store handle, the selected FolderView (which keeps
+needs: the account (its store handle is made again), the selected FolderView (which keeps
 the client-visible message list, so the EXPUNGE/EXISTS/FETCH reported after a
 wake are exactly those an awake session would have sent), the CONDSTORE/
 QRESYNC state, the IDLE tag and the keepalive and autologout times.
@@ -262,15 +262,16 @@ class _Adopt:
 class Sleeper:
     """One hibernated session: its socket and what resuming it needs."""
 
-    __slots__ = ("hib", "sock", "fd", "client", "user", "account", "store", "logout", "view", "condstore",
+    __slots__ = ("hib", "sock", "fd", "client", "user", "account", "logout", "view", "condstore",
                  "qresync", "state", "bad", "tag", "deadline", "keepalive_at", "due", "stop", "busy",
-                 "wake_for", "__weakref__")
+                 "wake_for")
 
     log = Logger()
 
     def __init__(self, hib, sock, p, tag, deadline, keepalive_at):
         self.hib, self.sock, self.fd = hib, sock, sock.fileno()
-        self.client, self.user, self.account, self.store = p.client, p._user_counted, p.account, p.store
+        # not the account's store handle (~500 bytes with its finalizer): made again on waking
+        self.client, self.user, self.account = p.client, p._user_counted, p.account
         self.logout, self.view, self.state, self.bad = p._logout, p.folder, p.state, p._bad
         self.condstore, self.qresync = p.condstore, p.qresync
         self.tag, self.deadline, self.keepalive_at = tag, deadline, keepalive_at
@@ -442,11 +443,20 @@ def resume(p):
     sleeper, why, changes, pending = p._resume
     p._resume = None
     hib = sleeper.hib
-    p.client, p.account, p.store, p._logout = sleeper.client, sleeper.account, sleeper.store, sleeper.logout
+    account = sleeper.account
+    p.client, p.account, p._logout = sleeper.client, account, sleeper.logout
     p.folder, p.state, p._bad = sleeper.view, sleeper.state, sleeper.bad
     p.condstore, p.qresync = sleeper.condstore, sleeper.qresync
     p._admitted, p._user_counted = True, sleeper.user
-    sleeper.view = sleeper.logout = sleeper.account = sleeper.store = None
+    sleeper.view = sleeper.logout = sleeper.account = None
+    try:
+        p.store = p.factory.services.store.account(account.mailbox, account.quota_bytes,
+                                                   getattr(account, "quota_messages", 0))
+    except Exception:
+        hib.log.failure("imap cannot open the mail store user={user}", user=sleeper.user)
+        p._write_now(b"* BYE [UNAVAILABLE] Mail store temporarily unavailable\r\n")
+        p._close()
+        return
     now = hib.reactor.seconds()
     p.setTimeout(max(0.0, sleeper.deadline - now))
     p.timeOut = p.factory.timeout       # what each later input resets it to

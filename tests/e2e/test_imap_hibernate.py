@@ -67,11 +67,14 @@ class HibernateTestCase(unittest.TestCase):
         self.assertTrue(lines[-1].startswith("L OK"), lines)
         return c
 
-    def asleep(self, c, user, n, idle=True):
-        """Wait until session ``c`` of ``user`` hibernated ``n`` times, freeing its objects."""
-        marker = f"imap hibernated user={user} client=127.0.0.1 port={port(c)} "
-        lines = wait_for(lambda: log_lines(self.server, marker)[n - 1:], timeout=20.0)
-        self.assertTrue(lines, f"{user} did not hibernate {n} times:\n" + self.server.read_log()[-3000:])
+    def slept(self, c, user):
+        return log_lines(self.server, f"imap hibernated user={user} client=127.0.0.1 port={port(c)} ")
+
+    def asleep(self, c, user, since, idle=True):
+        """Wait until session ``c`` of ``user`` hibernates after its ``since`` earlier
+        hibernations; it must have been in IDLE or not as ``idle`` says, and freed."""
+        lines = wait_for(lambda: self.slept(c, user)[since:], timeout=20.0)
+        self.assertTrue(lines, f"{user} did not hibernate:\n" + self.server.read_log()[-3000:])
         self.assertIn(f" idle={'yes' if idle else 'no'} freed=yes ", lines[0])
 
     def woken(self, c, user, reason):
@@ -103,9 +106,10 @@ class IdleTests(HibernateTestCase):
         c = self.raw(CAROL)
         exists = [line for line in c.cmd("SELECT INBOX") if line.endswith(" EXISTS")]
         n = int(exists[0].split()[1])
+        slept = len(self.slept(c, CAROL))
         c.send("I IDLE\r\n")
         self.assertEqual(c.line(), "+ idling")
-        self.asleep(c, CAROL, 1)
+        self.asleep(c, CAROL, slept)
         with smtplib.SMTP("127.0.0.1", self.server.ports["smtp"], timeout=30) as s:
             s.sendmail("sender@remote.test", [CAROL], message("wake up"))
         lines = self.read_until(c, r"\* \d+ EXISTS")
@@ -114,11 +118,12 @@ class IdleTests(HibernateTestCase):
         c.send("DONE\r\n")
         lines = c.until("I")
         self.assertEqual(lines[-1], "I OK IDLE terminated", lines)
+        slept = len(self.slept(c, CAROL))
         lines = c.cmd(f"FETCH {n + 1} (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
         self.assertIn("Subject: wake up", lines[0])
         self.assertEqual(lines[-1], "T OK Fetch completed")
         # between commands too; the next command wakes it
-        self.asleep(c, CAROL, 2, idle=False)
+        self.asleep(c, CAROL, slept, idle=False)
         self.assertEqual(c.cmd("NOOP"), ["T OK Noop completed"])
         self.assertTrue(self.woken(c, CAROL, "input"))
         self.assertEqual(c.cmd("LOGOUT", tag="Z"), ["* BYE Logging out", "Z OK Logout completed"])
@@ -128,23 +133,25 @@ class IdleTests(HibernateTestCase):
         name = self.folder_with(b, 3)
         a = self.raw(ALICE)
         self.assertIn("* 3 EXISTS", a.cmd(f"SELECT {name}"))
+        slept = len(self.slept(a, ALICE))
         a.send("I IDLE\r\n")
         self.assertEqual(a.line(), "+ idling")
-        self.asleep(a, ALICE, 1)
+        self.asleep(a, ALICE, slept)
         b.cmd(f"SELECT {name}")
         b.cmd("STORE 2 +FLAGS.SILENT (\\Flagged)")
         line = self.read_until(a, r"\* \d+ FETCH .*")[-1]
         self.assertRegex(line, r"^\* 2 FETCH \(FLAGS \(\\Flagged( \\Recent)?\) UID 2\)$")
-        self.asleep(a, ALICE, 2)
+        self.asleep(a, ALICE, slept + 1)     # again, after the wake the FETCH came from
         b.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")
         self.assertEqual(b.cmd("EXPUNGE"), ["* 1 EXPUNGE", "T OK Expunge completed"])
         self.read_until(a, r"\* 1 EXPUNGE")
         a.send("DONE\r\n")
         self.assertEqual(a.until("I")[-1], "I OK IDLE terminated")
+        slept = len(self.slept(a, ALICE))
         lines = a.cmd("FETCH 1:* (UID)")
         self.assertEqual(lines, ["* 1 FETCH (UID 2)", "* 2 FETCH (UID 3)", "T OK Fetch completed"])
         # hibernated between commands: the change waits for the next command, as awake
-        self.asleep(a, ALICE, 3, idle=False)
+        self.asleep(a, ALICE, slept, idle=False)
         b.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")
         b.cmd("EXPUNGE")
         lines = a.cmd("NOOP")
@@ -158,16 +165,17 @@ class IdleTests(HibernateTestCase):
         self.assertEqual(a.cmd("ENABLE QRESYNC"), ["* ENABLED QRESYNC", "T OK Enable completed"])
         lines = a.cmd(f"SELECT {name}")
         modseq = int(re.search(r"HIGHESTMODSEQ (\d+)", " ".join(lines)).group(1))
+        slept = len(self.slept(a, BOB))
         a.send("I IDLE\r\n")
         self.assertEqual(a.line(), "+ idling")
-        self.asleep(a, BOB, 1)
+        self.asleep(a, BOB, slept)
         b.cmd(f"SELECT {name}")
         b.cmd("STORE 2 +FLAGS.SILENT (\\Seen)")
         line = self.read_until(a, r"\* \d+ FETCH .*")[-1]
         m = re.fullmatch(r"\* 2 FETCH \(FLAGS \(\\Seen( \\Recent)?\) UID 2 MODSEQ \((\d+)\)\)", line)
         self.assertTrue(m, line)
         self.assertGreater(int(m.group(2)), modseq)
-        self.asleep(a, BOB, 2)
+        self.asleep(a, BOB, slept + 1)
         b.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")
         b.cmd("EXPUNGE")
         self.read_until(a, r"\* VANISHED 1")
@@ -186,11 +194,12 @@ class LimitTests(HibernateTestCase):
         d1, d2, e = self.raw(DAVE), self.raw(DAVE), self.raw(ERIN)
         for c in (d1, d2):
             c.cmd("SELECT INBOX")
+            c.slept = len(self.slept(c, DAVE))
             c.send("I IDLE\r\n")
             self.assertEqual(c.line(), "+ idling")
-        self.asleep(d1, DAVE, 1)
-        self.asleep(d2, DAVE, 1)
-        self.asleep(e, ERIN, 1, idle=False)
+        self.asleep(d1, DAVE, d1.slept)
+        self.asleep(d2, DAVE, d2.slept)
+        self.asleep(e, ERIN, 0, idle=False)
         for c in (d1, d2):
             c.port = port(c)
             c.close()
