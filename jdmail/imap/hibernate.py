@@ -414,12 +414,12 @@ class Sleeper:
         """Rebuild the session on this socket; it carries on as if it had never slept."""
         if self.sock is None:
             return
+        hib = self.hib
+        reactor = hib.reactor
+        reactor.removeReader(self)      # (level-triggered: waiting input would call again and again)
         if self.busy:
             self.wake_for = self.wake_for or why
             return
-        hib = self.hib
-        reactor = hib.reactor
-        reactor.removeReader(self)
         self._unlisten()
         sock, self.sock = self.sock, None
         hib.asleep -= 1
