@@ -98,7 +98,7 @@ CORE_SCHEMA = {
         "timeout": Option.duration(default=1800.0, help="idle time allowed after login (RFC 3501: at least 30m)"),
         "login_timeout": Option.duration(default=60.0, help="idle time allowed before login"),
         "hibernate_timeout": Option.duration(default=30.0, help="a logged-in session quiet this long (in IDLE "
-                                             "or between commands) hibernates; 0 = never"),
+                                             "or between commands) hibernates; 0s = never"),
     },
     "imaps": {"listen": Option.list(default=["tcp:993"], help="Twisted endpoint strings (implicit TLS); empty disables")},
     "queue": {

@@ -216,6 +216,9 @@ class Hibernation:
         transport.protocol = None
         p.transport = None
         self.asleep += 1
+        sessions = p.factory.sessions       # what a worker's stop goes through
+        sessions.discard(p)
+        sessions.add(sleeper)
         self.reactor.addReader(sleeper)
         if tag is not None:
             sleeper.listen()
@@ -306,6 +309,30 @@ class Sleeper:
         if self.sock is not None:
             self._end("connection lost")
 
+    # --- as a session in factory.sessions (a worker's stop) -----------------------------------
+
+    @property
+    def transport(self):
+        return self
+
+    @property
+    def disconnecting(self):
+        return self.sock is None
+
+    def idle(self):
+        return True
+
+    def shut_down(self):
+        """The server stops: ``* BYE`` and close, as IMAPServer.shut_down."""
+        if self.sock is not None:
+            self._send(b"* BYE Server shutting down, try again later\r\n")
+            self.abortConnection()
+
+    def abortConnection(self):
+        if self.sock is not None:
+            self.hib.reactor.removeReader(self)
+            self._end("server stopping")
+
     # --- while asleep -------------------------------------------------------------------------
 
     def listen(self):
@@ -383,6 +410,7 @@ class Sleeper:
         sock, self.sock = self.sock, None
         hib = self.hib
         hib.asleep -= 1
+        hib.factory.sessions.discard(self)
         self._unlisten()
         view, self.view = self.view, None
         if view is not None:
@@ -424,6 +452,7 @@ class Sleeper:
         sock, self.sock = self.sock, None
         hib.asleep -= 1
         factory = hib.factory
+        factory.sessions.discard(self)
         p = factory.buildProtocol(None)
         p._resume = (self, why, changes, pending)
         try:
@@ -433,6 +462,7 @@ class Sleeper:
             p._resume = None
             self.sock = sock
             hib.asleep += 1
+            factory.sessions.add(self)
             self._end("closed by the client")
             return
         sock.close()    # the new transport has its own descriptor for the same connection
@@ -448,6 +478,7 @@ def resume(p):
     p.folder, p.state, p._bad = sleeper.view, sleeper.state, sleeper.bad
     p.condstore, p.qresync = sleeper.condstore, sleeper.qresync
     p._admitted, p._user_counted = True, sleeper.user
+    p.factory.sessions.add(p)
     sleeper.view = sleeper.logout = sleeper.account = None
     try:
         p.store = p.factory.services.store.account(account.mailbox, account.quota_bytes,

@@ -224,3 +224,35 @@ class LimitTests(HibernateTestCase):
             return c.cmd(f'LOGIN "{DAVE}" "{PASSWORD}"', tag="L")[-1].startswith("L OK")
         finally:
             c.close()
+
+
+class WorkerTests(HibernateTestCase):
+    """Hibernation in a worker process ([jdmail] workers): woken by a delivery another
+    process made, and told ``* BYE`` at the stop while asleep."""
+
+    def setUp(self):
+        from tests.fixtures.server import running_server
+        self.server = running_server(self, users=((DAVE, PASSWORD),),
+                                     overrides={**SETTINGS, "jdmail": {"workers": "2"}})
+
+    def test_woken_by_delivery_and_told_bye_at_stop(self):
+        import signal
+        c = self.raw(DAVE)
+        self.assertIn("* 0 EXISTS", c.cmd("SELECT INBOX"))
+        slept = len(self.slept(c, DAVE))
+        c.send("I IDLE\r\n")
+        self.assertEqual(c.line(), "+ idling")
+        self.asleep(c, DAVE, slept)
+        with smtplib.SMTP("127.0.0.1", self.server.ports["smtp"], timeout=30) as s:
+            s.sendmail("sender@remote.test", [DAVE], message("to the worker"))
+        self.assertEqual(self.read_until(c, r"\* \d+ EXISTS")[-1], "* 1 EXISTS")
+        c.send("DONE\r\n")
+        self.assertEqual(c.until("I")[-1], "I OK IDLE terminated")
+        slept = len(self.slept(c, DAVE))
+        self.assertEqual(c.cmd("NOOP"), ["T OK Noop completed"])
+        self.asleep(c, DAVE, slept, idle=False)
+        os.kill(self.server.proc.pid, signal.SIGTERM)
+        self.assertEqual(c.line(), "* BYE Server shutting down, try again later")
+        self.server.proc.wait(30)
+        self.assertTrue(log_lines(self.server, f"imap hibernated session ended user={DAVE} client=127.0.0.1 "
+                                               f"port={port(c)}: server stopping"))
