@@ -72,3 +72,20 @@ class HibernatedTimersTests(unittest.TestCase):
         self.assertEqual(dict(self.factory.counter.per_ip), {})
         self.assertEqual(dict(self.factory.user_counter.per_ip), {})
         self.assertEqual(self.portal.logouts, 1)
+
+
+class TimerHeapTests(unittest.TestCase):
+
+    def test_entries_of_woken_sessions_do_not_pile_up(self):
+        from twisted.internet.testing import MemoryReactorClock
+        from jdmail.imap.hibernate import Hibernation
+        hib = Hibernation(SimpleNamespace(reactor=MemoryReactorClock()), 30.0)
+        asleep = SimpleNamespace(sock=object(), due=None)
+        hib.asleep = 1
+        hib._push(asleep, 1800.0)
+        for i in range(500):       # a session that sleeps and wakes again and again
+            woken = SimpleNamespace(sock=object(), due=None)
+            hib._push(woken, 1800.0 + i)
+            woken.sock = None
+        self.assertLessEqual(len(hib._heap), 2 * hib.asleep + 65)
+        self.assertIn(asleep, [e[2] for e in hib._heap])

@@ -114,7 +114,13 @@ class Hibernation:
     def _push(self, sleeper, when):
         sleeper.due = when
         self._seq += 1
-        heapq.heappush(self._heap, (when, self._seq, sleeper))
+        heap = self._heap
+        heapq.heappush(heap, (when, self._seq, sleeper))
+        if len(heap) > 2 * self.asleep + 64:
+            # entries of sessions that woke up wait for their time otherwise (up to the
+            # autologout): a client polling every minute would leave dozens each
+            heap[:] = [e for e in heap if e[2].sock is not None and e[2].due == e[0]]
+            heapq.heapify(heap)
         self._schedule(when)
 
     def _tick(self):
