@@ -686,8 +686,10 @@ class IdleIndexTests(unittest.TestCase):
         from imapclient import IMAPClient
         from tests.e2e import wait_for
         from tests.fixtures.server import running_server
+        # one process ([jdmail] workers = 1): the descriptors looked at are the server process's
         server = running_server(self, overrides={"imaps": {"listen": LOOPBACK},
-                                                 "store": {"index_idle_timeout": "1s"}})
+                                                 "store": {"index_idle_timeout": "1s"},
+                                                 "jdmail": {"workers": "1"}})
         pid, maildir = server.proc.pid, server.maildir("bob@example.org")
         c = IMAPClient("127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=unverified(), timeout=10)
         self.addCleanup(IMAPTestCase._logout, c)
